@@ -1,0 +1,3 @@
+from llamapack.runtime.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Everything that answers requests, loaded together: model, engine, chat template."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .chat import ChatFormatter, ChatTemplateError
+from .engine import Engine, Event, Request
+from .model import Model, ModelSource, init_backend
+from .params import BadRequest, Generation
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    source: ModelSource
+    chat_template: dict[str, Any]
+    ctx_size: int = 0  # 0: the model's trained context, capped at DEFAULT_CTX
+    parallel: int = 4
+    threads: int | None = None
+    n_gpu_layers: int = 0
+    verbose: bool = False
+    max_queue: int = 64
+
+
+DEFAULT_CTX = 8192
+
+
+class Backend:
+    def __init__(self, options: BackendOptions):
+        init_backend(options.verbose)
+        self.model = Model(options.source, n_gpu_layers=options.n_gpu_layers)
+        try:
+            self.formatter = ChatFormatter(self.model, options.chat_template)
+            n_ctx = options.ctx_size or min(self.model.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+            self.engine = Engine(
+                self.model,
+                n_ctx=n_ctx,
+                n_parallel=options.parallel,
+                n_threads=options.threads,
+                max_queue=options.max_queue,
+            )
+        except BaseException:
+            self.model.close()
+            raise
+
+    def close(self) -> None:
+        self.engine.close()
+        self.model.close()
+
+    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        try:
+            prompt = self.formatter.format(messages)
+        except ChatTemplateError as exc:
+            raise BadRequest(str(exc), "messages") from None
+        return self.model.tokenize(prompt.text, add_special=prompt.add_special)
+
+    def text_prompt(self, text: str) -> list[int]:
+        return self.model.tokenize(text, add_special=True)
+
+    async def generate(self, prompt: list[int], generation: Generation) -> AsyncIterator[Event]:
+        """Submit a request and yield its events; cancels it if the consumer stops early."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        request = Request(
+            prompt=prompt,
+            params=generation.sampling,
+            max_tokens=generation.max_tokens,
+            stop=generation.stop,
+            ignore_eos=generation.ignore_eos,
+            on_event=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+        )
+        self.engine.submit(request)
+        try:
+            while True:
+                event = await events.get()
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            request.cancel()
+
+    def complete_blocking(self, prompt: list[int], generation: Generation, on_text: Any) -> Event:
+        """Generate from a plain thread (the `-p` mode): `on_text` gets each piece."""
+        import queue
+
+        events: queue.Queue[Event] = queue.Queue()
+        request = Request(
+            prompt=prompt,
+            params=generation.sampling,
+            max_tokens=generation.max_tokens,
+            stop=generation.stop,
+            ignore_eos=generation.ignore_eos,
+            on_event=events.put,
+        )
+        self.engine.submit(request)
+        try:
+            while True:
+                event = events.get()
+                if event.text:
+                    on_text(event.text)
+                if event.finish_reason is not None:
+                    return event
+        finally:
+            request.cancel()

@@ -1,0 +1,291 @@
+"""The built file's command line, llamafile-compatible where llamafile has the flag.
+
+Default arguments stored in the file's `.args` come first; the user's own
+arguments go where a `...` line stands (or after the defaults), so the user's
+win wherever both set the same flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+import webbrowser
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .fileformat import FormatError, Layout, has_payload, merge_args, read_layout
+
+PROG = Path(sys.argv[0]).name if getattr(sys, "frozen", False) else "llamapack-runtime"
+
+
+class CliError(Exception):
+    """A one-line error for the user; the process exits 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Chat with the language model inside this file, in the browser or over an "
+        "OpenAI-compatible API. With no arguments it starts the server and opens the chat page.",
+        epilog=(
+            "examples:\n"
+            f"  ./{PROG}                              chat in the browser\n"
+            f"  ./{PROG} --server --nobrowser --port 9000   API only\n"
+            f"  ./{PROG} -p 'Once upon a time' -n 64   print a completion and exit\n"
+            f"  ./{PROG} --info                        show what is inside"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mode = parser.add_argument_group("mode")
+    mode.add_argument("--server", action="store_true", help="serve the API and chat page (default)")
+    mode.add_argument("--nobrowser", action="store_true", help="do not open a browser tab")
+    mode.add_argument("-p", "--prompt", metavar="TEXT", help="complete TEXT on stdout and exit")
+    mode.add_argument("--info", action="store_true", help="print the file's manifest and exit")
+    mode.add_argument("--version", action="store_true", help="print versions and exit")
+
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    server.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    server.add_argument("--alias", metavar="NAME", help="model id in the API (default: file name)")
+    server.add_argument(
+        "-np", "--parallel", type=int, default=4, metavar="N",
+        help="requests decoded together (default: %(default)s)",
+    )  # fmt: skip
+
+    model = parser.add_argument_group("model")
+    model.add_argument("-m", "--model", metavar="GGUF", help="use this GGUF instead of the embedded one")
+    model.add_argument(
+        "-c", "--ctx-size", type=int, default=0, metavar="N",
+        help="context size in tokens (default: the model's, at most 8192)",
+    )  # fmt: skip
+    model.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: cores)")
+    model.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, metavar="N",
+                       help="layers to offload to a GPU (default: 0)")  # fmt: skip
+    model.add_argument("--chat-template", metavar="NAME", help="built-in chat template to use")
+    model.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
+
+    sampling = parser.add_argument_group("generation (-p mode)")
+    sampling.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
+                          help="tokens to generate, -1 for no limit (default: -1)")  # fmt: skip
+    sampling.add_argument("--temp", type=float, default=0.8, metavar="T")
+    sampling.add_argument("--top-k", type=int, default=40, metavar="K")
+    sampling.add_argument("--top-p", type=float, default=0.95, metavar="P")
+    sampling.add_argument("--min-p", type=float, default=0.05, metavar="P")
+    sampling.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R")
+    sampling.add_argument("-s", "--seed", type=int, default=-1, metavar="N")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    user_args = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(user_args)
+    except CliError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(user_args: list[str]) -> int:
+    layout = _own_layout()
+    defaults = layout.args if layout else []
+    args = build_parser().parse_args(merge_args(defaults, user_args))
+    if args.version:
+        print(version_text(layout))
+        return 0
+    if args.info:
+        if layout is None:
+            raise CliError("--info needs a built file; this runtime has no model inside")
+        print(json.dumps(layout.manifest, indent=2, sort_keys=True))
+        return 0
+    _check_ranges(args)
+    options = _backend_options(args, layout)
+    if args.prompt is not None:
+        return _complete(args, options)
+    return _serve(args, options, layout)
+
+
+def _own_layout() -> Layout | None:
+    if not getattr(sys, "frozen", False) or not has_payload(sys.executable):
+        return None
+    try:
+        return read_layout(sys.executable)
+    except FormatError as exc:
+        raise CliError(f"{exc}. The file may be incomplete: download or copy it again.") from None
+
+
+def version_text(layout: Layout | None) -> str:
+    import llama_cpp
+
+    line = f"llamapack {__version__} (llama-cpp-python {llama_cpp.__version__})"
+    if layout is not None:
+        built = layout.manifest.get("runtime", {})
+        line += f"\nfile built by llamapack {built.get('llamapack', '?')}"
+    return line
+
+
+def _check_ranges(args: argparse.Namespace) -> None:
+    for name in ("parallel", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CliError(f"--{name} must be at least 1")
+    if args.ctx_size < 0:
+        raise CliError("--ctx-size must be 0 (the model's) or more")
+    if not 0 < args.port < 65536:
+        raise CliError("--port must be between 1 and 65535")
+
+
+def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Any:
+    from .backend import BackendOptions
+    from .model import ModelSource
+
+    if args.model:
+        source = ModelSource(Path(args.model))
+        if not source.path.is_file():
+            raise CliError(f"no such model file: {args.model}")
+        template: dict[str, Any] = {"source": "builtin", "name": "chatml"}
+    elif layout is not None:
+        source = ModelSource(layout.path, layout.model_offset)
+        template = layout.manifest.get("chat_template", {"source": "gguf"})
+    else:
+        raise CliError("no model: pass -m FILE.gguf (this runtime has none inside)")
+    if args.chat_template:
+        template = {"source": "builtin", "name": args.chat_template}
+    return BackendOptions(
+        source=source,
+        chat_template=template,
+        ctx_size=args.ctx_size,
+        parallel=1 if args.prompt is not None else args.parallel,
+        threads=args.threads or physical_cores(),
+        n_gpu_layers=args.n_gpu_layers,
+        verbose=args.verbose,
+    )
+
+
+def physical_cores() -> int:
+    """Cores, not hardware threads: llama.cpp decodes slower on SMT siblings."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    cpus = sorted(allowed) if allowed else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def _load(options: Any) -> Any:
+    from .backend import Backend
+    from .chat import ChatTemplateError
+    from .model import ModelLoadError
+
+    try:
+        return Backend(options)
+    except (ModelLoadError, ChatTemplateError, RuntimeError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _complete(args: argparse.Namespace, options: Any) -> int:
+    from .engine import RequestError, SamplingParams
+    from .params import Generation
+
+    backend = _load(options)
+    try:
+        generation = Generation(
+            sampling=SamplingParams(
+                temperature=args.temp,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                min_p=args.min_p,
+                repeat_penalty=args.repeat_penalty,
+                seed=None if args.seed < 0 else args.seed,
+            ),
+            max_tokens=None if args.n_predict < 0 else args.n_predict,
+            stop=[],
+            ignore_eos=False,
+        )
+
+        def write(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        try:
+            event = backend.complete_blocking(backend.text_prompt(args.prompt), generation, write)
+        except RequestError as exc:
+            raise CliError(str(exc)) from None
+        sys.stdout.write("\n")
+        if event.error:
+            raise CliError(event.error)
+        return 0
+    finally:
+        backend.close()
+
+
+def _serve(args: argparse.Namespace, options: Any, layout: Layout | None) -> int:
+    from aiohttp import web
+
+    from .backend import Backend
+    from .server import ServerConfig, create_app
+
+    sock = _bind(args.host, args.port)
+    host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{host_for_url}:{sock.getsockname()[1]}/"
+    name = args.alias or _default_alias(options, layout)
+
+    def on_ready() -> None:
+        print(f"{PROG}: ready: chat at {url} (API at {url}v1)", file=sys.stderr, flush=True)
+        if not args.nobrowser:
+            webbrowser.open(url)
+
+    def on_load_error() -> None:
+        # Stop serving: a server that can never answer is worse than an exit.
+        os.kill(os.getpid(), signal.SIGINT)
+
+    config = ServerConfig(
+        load_backend=lambda: Backend(options),
+        model_alias=name,
+        manifest=layout.manifest if layout else {},
+        on_ready=on_ready,
+        on_load_error=on_load_error,
+    )
+    print(f"{PROG}: loading {name}, serving on {url}", file=sys.stderr, flush=True)
+    # SIGTERM and SIGINT end the server alike: in-flight streams close and the
+    # process exits 0, so PyInstaller's bootloader removes its temporary folder.
+    web.run_app(create_app(config), sock=sock, print=None, handle_signals=True, shutdown_timeout=5)
+    if config.load_error:
+        raise CliError(f"could not load the model: {config.load_error}")
+    return 0
+
+
+def _default_alias(options: Any, layout: Layout | None) -> str:
+    if layout is not None:
+        return str(layout.manifest.get("name") or layout.path.stem)
+    return Path(options.source.path).stem
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(f"port {port} on {host} is already in use; choose another with --port") from None
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}; check --host and --port") from None
+    return sock
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

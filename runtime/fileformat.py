@@ -1,0 +1,375 @@
+"""The llamapack file format, defined once for the builder (which writes it)
+and the runtime (which reads it).
+
+A built file is at once the runtime executable and a ZIP archive::
+
+    [stub head: the executable image, up to PyInstaller's archive]
+    [model.gguf local header, padded] [GGUF bytes, 64 KiB aligned, STORED]
+    [manifest.json local header + data] [.args local header + data]
+    [zero padding to a 4 KiB multiple]
+    [stub tail: PyInstaller's archive and cookie (+ ELF section headers)]
+    [ZIP central directory] [ZIP64 end records when needed] [end record]
+
+Why this order:
+
+* PyInstaller's bootloader finds its archive by scanning backwards from the
+  end of the file for a cookie, in every process of a launch, and addresses
+  the archive relative to that cookie. Keeping the archive near the end keeps
+  that scan short however big the model is (3 GiB appended after the cookie
+  took 21 s to launch, inserted before it 0.4 s).
+* ZIP readers start from the end record and follow absolute offsets, so the
+  stub's tail between the entries and the central directory is invisible to
+  them, and `unzip -l` / `zipfile` see exactly three members.
+* llama.cpp maps tensors at their absolute file offsets, so the GGUF data must
+  be aligned in the file; 64 KiB also satisfies every page size in use.
+* On ELF the archive lives in a non-loaded `pydata` section; section offsets
+  after the insertion point are moved so `readelf` and `strip` stay correct.
+  The insertion is a 4 KiB multiple so every moved section keeps its alignment.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MODEL_ALIGNMENT = 64 * 1024
+INSERT_GRANULE = 4096
+MANIFEST_NAME = "manifest.json"
+ARGS_NAME = ".args"
+USER_ARGS_MARKER = "..."
+GGUF_MAGIC = b"GGUF"
+
+# PyInstaller's CArchive cookie: magic, archive length, TOC offset, TOC length,
+# Python version, Python library name. The magic is split so this source file
+# never contains it verbatim.
+_PYI_COOKIE_MAGIC = b"MEI\x0c" + b"\x0b\x0a\x0b\x0e"
+_PYI_COOKIE = struct.Struct("!8sIIii64s")
+
+# ZIP structures (APPNOTE 6.3.x); all little-endian.
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
+_CENTRAL_HEADER = struct.Struct("<IHHHHHHIIIHHHHHII")
+_END_RECORD = struct.Struct("<IHHHHIIH")
+_ZIP64_END_RECORD = struct.Struct("<IQHHIIQQQQ")
+_ZIP64_LOCATOR = struct.Struct("<IIQI")
+_LOCAL_SIG, _CENTRAL_SIG, _END_SIG = 0x04034B50, 0x02014B50, 0x06054B50
+_ZIP64_END_SIG, _ZIP64_LOCATOR_SIG = 0x06064B50, 0x07064B50
+_ZIP64_EXTRA_ID = 0x0001
+# The extra-field id Android's zipalign uses for padding; readers skip it.
+_ALIGN_EXTRA_ID = 0xD935
+_MAX32 = 0xFFFFFFFF
+# 1980-01-01 00:00:00 in DOS format: a fixed stamp keeps builds reproducible.
+_DOS_TIME, _DOS_DATE = 0, (0 << 9) | (1 << 5) | 1
+_UNIX_FILE_MODE = 0o100644 << 16
+_SHT_NOBITS = 8
+_MADE_BY_UNIX = 3 << 8
+
+
+class FormatError(Exception):
+    """The file is not a llamapack file, or is damaged."""
+
+
+class StubError(Exception):
+    """The runtime stub is not an executable llamapack can insert a model into."""
+
+
+# ---------------------------------------------------------------- the stub
+
+
+@dataclass(frozen=True)
+class Stub:
+    """A runtime executable, split where the model is inserted."""
+
+    data: bytes
+    insert_at: int
+    kind: str  # "elf" or "appended" (PE, or any format keeping the archive last)
+
+    @property
+    def head(self) -> bytes:
+        return self.data[: self.insert_at]
+
+    def relocated(self, shift: int) -> tuple[bytes, bytes]:
+        """(head, tail) with file offsets past the insertion point moved by `shift`."""
+        if shift % INSERT_GRANULE:
+            raise ValueError("insertions must keep section alignment")
+        if self.kind != "elf":
+            return self.head, self.data[self.insert_at :]
+        patched = bytearray(self.data)
+        _relocate_elf_sections(patched, self.insert_at, shift)
+        return bytes(patched[: self.insert_at]), bytes(patched[self.insert_at :])
+
+
+def read_stub(data: bytes) -> Stub:
+    """Find where PyInstaller's archive starts: the model goes just before it."""
+    cookie_at = data.rfind(_PYI_COOKIE_MAGIC)
+    if cookie_at < 0 or cookie_at + _PYI_COOKIE.size > len(data):
+        raise StubError("no PyInstaller archive found (not a llamapack runtime stub)")
+    _, archive_len, *_ = _PYI_COOKIE.unpack_from(data, cookie_at)
+    archive_at = cookie_at + _PYI_COOKIE.size - archive_len
+    if not 0 < archive_at <= cookie_at:
+        raise StubError("the PyInstaller archive's cookie is damaged")
+    kind = "elf" if data[:4] == b"\x7fELF" else "appended"
+    if kind == "elf":
+        _check_elf_insertable(data, archive_at)
+    return Stub(data=data, insert_at=archive_at, kind=kind)
+
+
+@dataclass(frozen=True)
+class _ElfHeader:
+    endian: str
+    phoff: int
+    phentsize: int
+    phnum: int
+    shoff: int
+    shentsize: int
+    shnum: int
+
+
+def _elf_header(data: bytes | bytearray) -> _ElfHeader:
+    if data[4] != 2:
+        raise StubError("only 64-bit ELF runtimes are supported")
+    endian = "<" if data[5] == 1 else ">"
+    phoff, shoff = struct.unpack_from(endian + "QQ", data, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from(endian + "HHHH", data, 0x36)
+    return _ElfHeader(endian, phoff, phentsize, phnum, shoff, shentsize, shnum)
+
+
+def _check_elf_insertable(data: bytes, insert_at: int) -> None:
+    elf = _elf_header(data)
+    for i in range(elf.phnum):
+        entry = elf.phoff + i * elf.phentsize
+        p_offset, _, _, p_filesz = struct.unpack_from(elf.endian + "QQQQ", data, entry + 8)
+        if p_filesz and p_offset + p_filesz > insert_at:
+            raise StubError("a loaded ELF segment lies past PyInstaller's archive")
+
+
+def _relocate_elf_sections(data: bytearray, insert_at: int, shift: int) -> None:
+    elf = _elf_header(data)
+    if elf.shoff >= insert_at:
+        struct.pack_into(elf.endian + "Q", data, 0x28, elf.shoff + shift)
+    for i in range(elf.shnum):
+        entry = elf.shoff + i * elf.shentsize
+        sh_type = struct.unpack_from(elf.endian + "I", data, entry + 4)[0]
+        sh_offset = struct.unpack_from(elf.endian + "Q", data, entry + 0x18)[0]
+        if sh_type != _SHT_NOBITS and sh_offset >= insert_at:
+            struct.pack_into(elf.endian + "Q", data, entry + 0x18, sh_offset + shift)
+
+
+# ------------------------------------------------------------ ZIP writing
+
+
+@dataclass
+class Member:
+    """One ZIP member as placed in the file."""
+
+    name: str
+    size: int
+    header_at: int = 0
+    extra_len: int = 0
+    crc: int = 0
+
+    @property
+    def data_at(self) -> int:
+        return self.header_at + _LOCAL_HEADER.size + len(self.name.encode()) + self.extra_len
+
+    @property
+    def end(self) -> int:
+        return self.data_at + self.size
+
+    def local_header(self) -> bytes:
+        name = self.name.encode()
+        extra = _zip64_local_extra(self.size) if self.size >= _MAX32 else b""
+        pad = self.extra_len - len(extra)
+        if pad:
+            extra += struct.pack("<HHH", _ALIGN_EXTRA_ID, pad - 4, MODEL_ALIGNMENT % 0x10000) + bytes(
+                pad - 6
+            )
+        size32 = _MAX32 if self.size >= _MAX32 else self.size
+        fixed = _LOCAL_HEADER.pack(
+            _LOCAL_SIG, _version_needed(self), 0x0800, 0, _DOS_TIME, _DOS_DATE,
+            self.crc, size32, size32, len(name), len(extra),
+        )  # fmt: skip
+        return fixed + name + extra
+
+    def crc_field_at(self) -> int:
+        return self.header_at + 14
+
+
+def _version_needed(member: Member) -> int:
+    return 45 if member.size >= _MAX32 or member.header_at >= _MAX32 else 10
+
+
+def _zip64_local_extra(size: int) -> bytes:
+    return struct.pack("<HHQQ", _ZIP64_EXTRA_ID, 16, size, size)
+
+
+@dataclass
+class Plan:
+    """Where every part of a built file goes; computed before a byte is written."""
+
+    stub: Stub
+    model: Member
+    manifest: Member
+    args: Member
+    tail_at: int
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def shift(self) -> int:
+        return self.tail_at - self.stub.insert_at
+
+    @property
+    def central_directory_at(self) -> int:
+        return self.tail_at + len(self.stub.data) - self.stub.insert_at
+
+
+def place_model(stub: Stub, model_name: str, model_size: int) -> Member:
+    """The model's ZIP member, placed so its data starts 64 KiB aligned."""
+    name_len = len(model_name.encode())
+    zip64_extra = 20 if model_size >= _MAX32 else 0
+    data_at = _align_up(
+        stub.insert_at + _LOCAL_HEADER.size + name_len + zip64_extra + 6, MODEL_ALIGNMENT
+    )
+    # Padding lives in the header's extra field (max 64 KiB); any excess becomes
+    # a gap before the header, which ZIP readers never look at.
+    extra_len = min(data_at - stub.insert_at - _LOCAL_HEADER.size - name_len, 0xFFFF)
+    header_at = data_at - _LOCAL_HEADER.size - name_len - extra_len
+    return Member(model_name, model_size, header_at, extra_len)
+
+
+def plan_file(stub: Stub, model: Member, manifest_len: int, args_len: int) -> Plan:
+    manifest = Member(MANIFEST_NAME, manifest_len, header_at=model.end)
+    args = Member(ARGS_NAME, args_len, header_at=manifest.end)
+    tail_at = stub.insert_at + _align_up(args.end - stub.insert_at, INSERT_GRANULE)
+    return Plan(stub, model, manifest, args, tail_at, [model, manifest, args])
+
+
+def _align_up(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+def central_directory(plan: Plan) -> bytes:
+    out = io.BytesIO()
+    for member in plan.members:
+        name = member.name.encode()
+        big_size = member.size >= _MAX32
+        fields = ([member.size, member.size] if big_size else []) + (
+            [member.header_at] if member.header_at >= _MAX32 else []
+        )
+        extra = b""
+        if fields:
+            extra = struct.pack(f"<HH{len(fields)}Q", _ZIP64_EXTRA_ID, 8 * len(fields), *fields)
+        size32 = _MAX32 if big_size else member.size
+        out.write(
+            _CENTRAL_HEADER.pack(
+                _CENTRAL_SIG, _MADE_BY_UNIX | 45, _version_needed(member), 0x0800, 0,
+                _DOS_TIME, _DOS_DATE, member.crc, size32, size32, len(name), len(extra),
+                0, 0, 0, _UNIX_FILE_MODE, min(member.header_at, _MAX32),
+            )  # fmt: skip
+        )
+        out.write(name + extra)
+    directory = out.getvalue()
+    at, count = plan.central_directory_at, len(plan.members)
+    end = b""
+    if at >= _MAX32 or at + len(directory) >= _MAX32:
+        zip64_end_at = at + len(directory)
+        end += _ZIP64_END_RECORD.pack(
+            _ZIP64_END_SIG, _ZIP64_END_RECORD.size - 12, _MADE_BY_UNIX | 45, 45, 0, 0,
+            count, count, len(directory), at,
+        )  # fmt: skip
+        end += _ZIP64_LOCATOR.pack(_ZIP64_LOCATOR_SIG, 0, zip64_end_at, 1)
+    end += _END_RECORD.pack(
+        _END_SIG, 0, 0, count, count, min(len(directory), _MAX32), min(at, _MAX32), 0
+    )
+    return directory + end
+
+
+# ------------------------------------------------------------ manifest/args
+
+
+def encode_manifest(manifest: dict[str, Any]) -> bytes:
+    # Sorted keys and a fixed layout: the same inputs give the same bytes.
+    return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def encode_args(args: list[str]) -> bytes:
+    for arg in args:
+        if "\n" in arg:
+            raise ValueError(f"default argument {arg!r} contains a newline")
+    return "".join(arg + "\n" for arg in args).encode()
+
+
+def decode_args(data: bytes) -> list[str]:
+    return [line for line in data.decode().split("\n") if line != ""]
+
+
+def merge_args(defaults: list[str], user: list[str]) -> list[str]:
+    """llamafile's rule: user arguments go where `...` stands, else after the defaults."""
+    if USER_ARGS_MARKER not in defaults:
+        return defaults + user
+    at = defaults.index(USER_ARGS_MARKER)
+    return defaults[:at] + user + [a for a in defaults[at + 1 :] if a != USER_ARGS_MARKER]
+
+
+# ------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the runtime needs from its own file."""
+
+    path: Path
+    manifest: dict[str, Any]
+    args: list[str]
+    model_name: str
+    model_offset: int
+    model_size: int
+    file_size: int
+
+
+def has_payload(path: str | Path) -> bool:
+    """False for a bare runtime stub: an executable with no ZIP end record."""
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def read_layout(path: str | Path) -> Layout:
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            manifest = json.loads(archive.read(MANIFEST_NAME))
+            args = decode_args(archive.read(ARGS_NAME)) if ARGS_NAME in archive.namelist() else []
+            model_name = manifest["model"]["file"]
+            info = archive.getinfo(model_name)
+            with path.open("rb") as raw:
+                model_offset = _data_offset(raw, info)
+                raw.seek(model_offset)
+                magic = raw.read(4)
+                file_size = raw.seek(0, io.SEEK_END)
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, struct.error) as exc:
+        raise FormatError(f"{path} is not a complete llamapack file ({exc})") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise FormatError(f"{path} uses file format {manifest.get('format')}, expected {FORMAT_VERSION}")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise FormatError(f"{path}: the model entry is compressed, so it cannot be memory-mapped")
+    if info.file_size != manifest["model"]["size"] or model_offset + info.file_size > file_size:
+        raise FormatError(f"{path} is truncated: the model needs bytes past the end of the file")
+    if model_offset % MODEL_ALIGNMENT or magic != GGUF_MAGIC:
+        raise FormatError(f"{path}: the embedded model is not an aligned GGUF")
+    return Layout(path, manifest, args, model_name, model_offset, info.file_size, file_size)
+
+
+def _data_offset(raw: io.BufferedReader, info: zipfile.ZipInfo) -> int:
+    raw.seek(info.header_offset)
+    header = raw.read(_LOCAL_HEADER.size)
+    if len(header) != _LOCAL_HEADER.size or header[:4] != struct.pack("<I", _LOCAL_SIG):
+        raise ValueError("bad local header")
+    name_len, extra_len = struct.unpack_from("<HH", header, 26)
+    return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len

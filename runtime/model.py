@@ -1,0 +1,201 @@
+"""A llama.cpp model memory-mapped straight out of a file, and its vocabulary.
+
+The GGUF is never copied: the file is opened with the C library's `fopen`,
+positioned at the embedded GGUF, and handed to llama.cpp's
+`llama_model_load_from_file_ptr`, which maps the tensors at their absolute
+offsets. Two processes running one file therefore share the page cache.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import ctypes.util
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp.llama_cpp as llama
+
+_LOG_ERROR = 4
+_LOG_CONT = 5
+
+
+class ModelLoadError(Exception):
+    """llama.cpp could not load the model."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the GGUF lies: a whole file, or a span inside a bigger one."""
+
+    path: Path
+    offset: int = 0
+
+
+class _LlamaLog:
+    """Route llama.cpp's log: errors always, everything with `verbose`."""
+
+    def __init__(self) -> None:
+        self.verbose = False
+        self._last_level = 0
+        self._callback = llama.llama_log_callback(self._log)
+        llama.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _log(self, level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        if level != _LOG_CONT:
+            self._last_level = level
+        if self.verbose or self._last_level >= _LOG_ERROR:
+            sys.stderr.write(text.decode("utf-8", errors="replace"))
+
+
+_log: _LlamaLog | None = None
+_backend_lock = threading.Lock()
+
+
+def init_backend(verbose: bool = False) -> None:
+    global _log
+    with _backend_lock:
+        if _log is None:
+            _log = _LlamaLog()
+            llama.llama_backend_init()
+        _log.verbose = verbose
+
+
+class _CFile:
+    """A C `FILE*` positioned at an offset, as llama.cpp's loader wants it."""
+
+    def __init__(self, source: ModelSource):
+        libc = _libc()
+        self._fclose = libc.fclose
+        self.pointer = libc.fopen(os.fsencode(source.path), b"rb")
+        if not self.pointer:
+            errno = ctypes.get_errno()
+            raise ModelLoadError(f"cannot open {source.path}: {os.strerror(errno)}")
+        if libc.fseeko(self.pointer, source.offset, os.SEEK_SET) != 0:
+            self.close()
+            raise ModelLoadError(f"cannot seek to the model at offset {source.offset}")
+
+    def close(self) -> None:
+        if self.pointer:
+            self._fclose(self.pointer)
+            self.pointer = None
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fseeko.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    libc.fseeko.restype = ctypes.c_int
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.fclose.restype = ctypes.c_int
+    return libc
+
+
+class Model:
+    """A loaded model: weights mapped from the file, plus tokenizer helpers."""
+
+    def __init__(self, source: ModelSource, n_gpu_layers: int = 0, vocab_only: bool = False):
+        params = llama.llama_model_default_params()
+        params.use_mmap = True
+        params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
+        self._file = _CFile(source)
+        pointer = llama.llama_model_load_from_file_ptr(self._file.pointer, params)
+        if not pointer:
+            self._file.close()
+            raise ModelLoadError(f"llama.cpp could not load the model in {source.path}")
+        self.pointer = pointer
+        self.vocab = llama.llama_model_get_vocab(pointer)
+        self.n_ctx_train = llama.llama_model_n_ctx_train(pointer)
+        self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
+        self.add_bos = bool(llama.llama_vocab_get_add_bos(self.vocab))
+        self._pieces: dict[int, bytes] = {}
+
+    def close(self) -> None:
+        if self.pointer:
+            llama.llama_model_free(self.pointer)
+            self.pointer = None
+        self._file.close()
+
+    # -- metadata
+
+    def meta(self, key: str) -> str | None:
+        size = 512
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            length = llama.llama_model_meta_val_str(self.pointer, key.encode(), buffer, size)
+            if length < 0:
+                return None
+            if length < size:
+                return buffer.value.decode("utf-8", errors="replace")
+            size = length + 1
+
+    def chat_template(self) -> str | None:
+        template = llama.llama_model_chat_template(self.pointer, None)
+        return template.decode("utf-8", errors="replace") if template else None
+
+    def description(self) -> str:
+        buffer = ctypes.create_string_buffer(256)
+        llama.llama_model_desc(self.pointer, buffer, 256)
+        return buffer.value.decode("utf-8", errors="replace")
+
+    # -- tokens
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8", errors="replace")
+        capacity = len(data) + 8
+        while True:
+            tokens = (llama.llama_token * capacity)()
+            count = llama.llama_tokenize(
+                self.vocab, data, len(data), tokens, capacity, add_special, parse_special
+            )
+            if count >= 0:
+                return list(tokens[:count])
+            capacity = -count
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (special tokens render as empty)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            buffer = ctypes.create_string_buffer(64)
+            length = llama.llama_token_to_piece(self.vocab, token, buffer, 64, 0, False)
+            if length < 0:
+                buffer = ctypes.create_string_buffer(-length)
+                length = llama.llama_token_to_piece(self.vocab, token, buffer, -length, 0, False)
+            cached = self._pieces[token] = buffer.raw[:length]
+        return cached
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        text = llama.llama_vocab_get_text(self.vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama.llama_vocab_is_eog(self.vocab, token))
+
+    @property
+    def bos_text(self) -> str:
+        return self.token_text(llama.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos_text(self) -> str:
+        return self.token_text(llama.llama_vocab_eos(self.vocab))
+
+
+class TextDecoder:
+    """Turns a stream of token bytes into text without splitting UTF-8 characters."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes) -> str:
+        return self._decoder.decode(data)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
