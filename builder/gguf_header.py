@@ -91,7 +91,8 @@ class GGUFHeader:
         file_type = self.metadata.get("general.file_type")
         if file_type is not None:
             try:
-                return LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
+                name = LlamaFileType(int(file_type)).name
+                return name.removeprefix("MOSTLY_").removeprefix("ALL_")
             except ValueError:
                 pass
         # No file type recorded: name the type holding the most weights.

@@ -246,8 +246,11 @@ def _serve(args: argparse.Namespace, options: Any, layout: Layout | None) -> int
         if not args.nobrowser:
             webbrowser.open(url)
 
-    def on_load_error() -> None:
+    load_errors: list[str] = []
+
+    def on_load_error(message: str) -> None:
         # Stop serving: a server that can never answer is worse than an exit.
+        load_errors.append(message)
         os.kill(os.getpid(), signal.SIGINT)
 
     config = ServerConfig(
@@ -261,8 +264,8 @@ def _serve(args: argparse.Namespace, options: Any, layout: Layout | None) -> int
     # SIGTERM and SIGINT end the server alike: in-flight streams close and the
     # process exits 0, so PyInstaller's bootloader removes its temporary folder.
     web.run_app(create_app(config), sock=sock, print=None, handle_signals=True, shutdown_timeout=5)
-    if config.load_error:
-        raise CliError(f"could not load the model: {config.load_error}")
+    if load_errors:
+        raise CliError(f"could not load the model: {load_errors[0]}")
     return 0
 
 

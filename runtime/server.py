@@ -23,8 +23,8 @@ from .backend import Backend
 from .engine import Event, QueueFullError, RequestError
 from .params import BadRequest, read_generation, read_messages
 
-BACKEND = web.AppKey("backend", Backend)
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("config")
+STATE: web.AppKey[_State] = web.AppKey("state")
 UI_DIR = web.AppKey("ui_dir", Path)
 
 _CSP = (
@@ -41,16 +41,24 @@ class ServerConfig:
     manifest: dict[str, Any] = field(default_factory=dict)
     max_body: int = 10 * 1024 * 1024
     on_ready: Callable[[], None] | None = None
-    on_load_error: Callable[[], None] | None = None
+    on_load_error: Callable[[str], None] | None = None
     ui_dir: Path | None = None
-    # Filled in while running.
+    close_backend: bool = True  # False when the caller shares one backend between apps
+
+
+@dataclass
+class _State:
+    """What changes while the app runs."""
+
+    backend: Backend | None = None
     load_error: str | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    loader: asyncio.Task[None] | None = None
 
 
 def create_app(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body, middlewares=[_errors_middleware])
     app[CONFIG] = config
+    app[STATE] = _State()
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/models", models)
@@ -70,27 +78,28 @@ def create_app(config: ServerConfig) -> web.Application:
 
 
 async def _start_loading(app: web.Application) -> None:
-    config = app[CONFIG]
+    config, state = app[CONFIG], app[STATE]
 
     async def load() -> None:
         try:
-            app[BACKEND] = await asyncio.to_thread(config.load_backend)
-        except Exception as exc:  # shown by /health and logged by the CLI
-            config.load_error = str(exc) or type(exc).__name__
-        finally:
-            config.ready.set()
-        callback = config.on_ready if config.load_error is None else config.on_load_error
-        if callback:
-            callback()
+            state.backend = await asyncio.to_thread(config.load_backend)
+        except Exception as exc:  # reported by /health and by the CLI
+            state.load_error = str(exc) or type(exc).__name__
+            if config.on_load_error:
+                config.on_load_error(state.load_error)
+            return
+        if config.on_ready:
+            config.on_ready()
 
-    app["loader"] = asyncio.get_running_loop().create_task(load())
+    state.loader = asyncio.get_running_loop().create_task(load())
 
 
 async def _close_backend(app: web.Application) -> None:
-    app["loader"].cancel()
-    backend = app.get(BACKEND)
-    if backend is not None:
-        await asyncio.to_thread(backend.close)
+    state = app[STATE]
+    if state.loader:
+        state.loader.cancel()
+    if state.backend is not None and app[CONFIG].close_backend:
+        await asyncio.to_thread(state.backend.close)
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -132,12 +141,10 @@ async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamRe
 
 
 def _backend(request: web.Request) -> Backend:
-    backend = request.app.get(BACKEND)
-    if backend is None:
-        config = request.app[CONFIG]
-        message = config.load_error or "the model is still loading"
-        raise _Unavailable(message)
-    return backend
+    state = request.app[STATE]
+    if state.backend is None:
+        raise _Unavailable(state.load_error or "the model is still loading")
+    return state.backend
 
 
 class EngineFailure(Exception):
@@ -164,11 +171,11 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 async def health(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
-    if request.app.get(BACKEND) is not None:
+    state = request.app[STATE]
+    if state.backend is not None:
         return web.json_response({"status": "ok"})
-    if config.load_error:
-        return web.json_response({"status": "error", "error": config.load_error}, status=503)
+    if state.load_error:
+        return web.json_response({"status": "error", "error": state.load_error}, status=503)
     return web.json_response({"status": "loading model"}, status=503)
 
 
@@ -187,7 +194,7 @@ async def models(request: web.Request) -> web.Response:
 
 async def props(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
-    backend = request.app.get(BACKEND)
+    backend = request.app[STATE].backend
     body: dict[str, Any] = {"model_alias": config.model_alias, "manifest": config.manifest}
     if backend is not None:
         body.update(

@@ -1,0 +1,198 @@
+"""The built file's format, checked on tiny GGUFs and a stand-in ELF stub."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from llamapack.builder.assemble import BuildOptions, build
+from llamapack.builder.gguf_header import read_header
+from llamapack.builder.stub import StubInfo
+from llamapack.runtime import fileformat as ff
+
+from .fakes import COOKIE, COOKIE_MAGIC, elf_stub, read_sections, write_gguf
+
+
+def _build(source: Path, stub: Path, output: Path, **options: object) -> Path:
+    build(BuildOptions(source=source, output=output, **options), StubInfo(stub, "test", False))  # type: ignore[arg-type]
+    return output
+
+
+def test_output_is_a_zip_with_the_model_stored_and_aligned(tiny_gguf, fake_stub, tmp_path):
+    out = _build(tiny_gguf, fake_stub, tmp_path / "out" / "model")
+    with zipfile.ZipFile(out) as archive:
+        assert archive.namelist() == ["tiny-model.gguf", "manifest.json", ".args"]
+        assert archive.testzip() is None  # every CRC matches
+        info = archive.getinfo("tiny-model.gguf")
+        assert info.compress_type == zipfile.ZIP_STORED
+        assert archive.read("tiny-model.gguf") == tiny_gguf.read_bytes()
+    layout = ff.read_layout(out)
+    assert layout.model_offset % ff.MODEL_ALIGNMENT == 0
+    assert out.read_bytes()[layout.model_offset : layout.model_offset + layout.model_size] == (
+        tiny_gguf.read_bytes()
+    )
+    # llama.cpp maps tensors at absolute offsets: the data section must stay 32-byte aligned.
+    assert (layout.model_offset + read_header(tiny_gguf).data_offset) % 32 == 0
+
+
+def test_unzip_lists_and_tests_the_file(tiny_gguf, fake_stub, tmp_path):
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model")
+    listing = subprocess.run(["unzip", "-l", str(out)], capture_output=True, text=True, check=True)
+    assert "tiny-model.gguf" in listing.stdout and "manifest.json" in listing.stdout
+    tested = subprocess.run(["unzip", "-t", str(out)], capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "No errors detected" in tested.stdout
+
+
+def test_stub_head_is_kept_and_elf_sections_follow_the_archive(tiny_gguf, fake_stub, tmp_path):
+    stub = fake_stub.read_bytes()
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model").read_bytes()
+    old, new = read_sections(stub), read_sections(out)
+    pydata_at, pydata_size = old["pydata"]
+    assert out[:pydata_at][:0x28] == stub[:0x28]  # ELF identity and entry point untouched
+    assert out[0x40:pydata_at] == stub[0x40:pydata_at]  # program headers and code untouched
+    new_at, new_size = new["pydata"]
+    assert new_size == pydata_size
+    assert out[new_at : new_at + new_size] == stub[pydata_at : pydata_at + pydata_size]
+    assert (new_at - pydata_at) % ff.INSERT_GRANULE == 0
+    shstr_at, shstr_size = new[".shstrtab"]
+    assert out[shstr_at : shstr_at + shstr_size] == stub[old[".shstrtab"][0] :][:shstr_size]
+
+
+def test_bootloader_finds_its_archive_from_the_end(tiny_gguf, fake_stub, tmp_path):
+    """PyInstaller's bootloader scans backwards for the cookie and addresses the
+    archive relative to it; the archive must come out whole."""
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model").read_bytes()
+    cookie_at = out.rfind(COOKIE_MAGIC)
+    archive_len = COOKIE.unpack_from(out, cookie_at)[1]
+    archive_at = cookie_at + COOKIE.size - archive_len
+    assert out[archive_at : archive_at + 16] == b"PYZ-fake-archive"
+    assert archive_at == read_sections(out)["pydata"][0]
+    # Only the short tail is scanned: the cookie sits within a few KiB of the end.
+    assert len(out) - cookie_at < 4096
+
+
+def test_manifest_describes_the_model(tiny_gguf, fake_stub, tmp_path):
+    import hashlib
+
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model", name="Tiny")
+    manifest = json.loads(zipfile.ZipFile(out).read("manifest.json"))
+    model = manifest["model"]
+    assert manifest["format"] == ff.FORMAT_VERSION
+    assert manifest["name"] == "Tiny"
+    assert manifest["runtime"]["llamapack"] and manifest["runtime"]["llama_cpp_python"] == "0.3.36"
+    assert model["file"] == "tiny-model.gguf"
+    assert model["size"] == tiny_gguf.stat().st_size
+    assert model["sha256"] == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
+    assert model["architecture"] == "llama"
+    assert model["parameters"] == 4096 + 64
+    assert model["quantization"] == "F32"
+    assert model["context_length"] == 2048
+    assert model["offset"] == ff.read_layout(out).model_offset
+    assert manifest["chat_template"]["source"] == "builtin"
+
+
+def test_args_file_holds_defaults_and_the_user_marker(tiny_gguf, fake_stub, tmp_path):
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model", name="Tiny")
+    assert zipfile.ZipFile(out).read(".args") == b"--alias\nTiny\n...\n"
+    assert ff.read_layout(out).args == ["--alias", "Tiny", "..."]
+
+
+def test_builds_are_byte_identical(tiny_gguf, fake_stub, tmp_path):
+    first = _build(tiny_gguf, fake_stub, tmp_path / "a" / "model").read_bytes()
+    second = _build(tiny_gguf, fake_stub, tmp_path / "b" / "model").read_bytes()
+    assert first == second
+
+
+@pytest.mark.parametrize("stub_size", [100, 70_000, 65_536 - 50])
+def test_alignment_holds_wherever_the_stub_ends(tmp_path, stub_size, tiny_gguf):
+    stub = tmp_path / "stub"
+    stub.write_bytes(elf_stub(archive_payload=b"x" * stub_size))
+    out = _build(tiny_gguf, stub, tmp_path / "model")
+    assert ff.read_layout(out).model_offset % ff.MODEL_ALIGNMENT == 0
+    assert zipfile.ZipFile(out).testzip() is None
+
+
+def test_appended_stub_without_elf_keeps_the_archive_last(tiny_gguf, tmp_path):
+    """PE files keep PyInstaller's archive appended after the image: no header patching."""
+    image = b"MZ" + bytes(500)
+    archive = b"archive-bytes" * 10
+    cookie = COOKIE.pack(COOKIE_MAGIC, len(archive) + COOKIE.size, 0, 0, 311, b"python311.dll")
+    stub = tmp_path / "stub.exe"
+    stub.write_bytes(image + archive + cookie)
+    out = _build(tiny_gguf, stub, tmp_path / "model.exe").read_bytes()
+    assert out.startswith(image)
+    cookie_at = out.rfind(COOKIE_MAGIC)
+    assert out[cookie_at + COOKIE.size - len(archive) - COOKIE.size :][: len(archive)] == archive
+
+
+def test_zip64_when_the_model_passes_4_gib(tmp_path):
+    """Write the layout of a 5 GiB model sparsely and read it back with zipfile."""
+    stub = ff.read_stub(elf_stub())
+    size = 5 * 1024**3
+    model = ff.place_model(stub, "big.gguf", size)
+    manifest = ff.encode_manifest({"format": ff.FORMAT_VERSION, "model": {"file": "big.gguf", "size": size}})
+    args = ff.encode_args(["..."])
+    plan = ff.plan_file(stub, model, len(manifest), len(args))
+    head, tail = stub.relocated(plan.shift)
+    path = tmp_path / "big"
+    with path.open("wb") as out:
+        out.write(head)
+        out.seek(model.header_at)
+        out.write(model.local_header())
+        out.write(b"GGUF")
+        out.seek(plan.manifest.header_at)
+        for member, data in ((plan.manifest, manifest), (plan.args, args)):
+            member.crc = zlib.crc32(data)
+            out.write(member.local_header() + data)
+        out.seek(plan.tail_at)
+        out.write(tail + ff.central_directory(plan))
+    with zipfile.ZipFile(path) as archive:
+        assert archive.getinfo("big.gguf").file_size == size
+        assert archive.getinfo(".args").header_offset > 2**32
+        assert archive.read(".args") == b"...\n"
+    layout = ff.read_layout(path)
+    assert layout.model_size == size and layout.model_offset == model.data_at
+
+
+def test_truncated_file_is_reported(tiny_gguf, fake_stub, tmp_path):
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model")
+    data = out.read_bytes()
+    cut = tmp_path / "cut"
+    cut.write_bytes(data[: ff.read_layout(out).model_offset + 100])
+    assert not ff.has_payload(cut)
+    with pytest.raises(ff.FormatError):
+        ff.read_layout(cut)
+
+
+@pytest.mark.parametrize(
+    ("defaults", "user", "merged"),
+    [
+        (["--alias", "x", "..."], ["--port", "9"], ["--alias", "x", "--port", "9"]),
+        (["-c", "512"], ["-c", "1024"], ["-c", "512", "-c", "1024"]),
+        (["a", "...", "--nobrowser"], ["b"], ["a", "b", "--nobrowser"]),
+        ([], [], []),
+    ],
+)
+def test_merge_args(defaults, user, merged):
+    assert ff.merge_args(defaults, user) == merged
+
+
+def test_args_encoding_round_trips_and_refuses_newlines():
+    args = ["--system-prompt", "Be brief. Use lists.", "..."]
+    assert ff.decode_args(ff.encode_args(args)) == args
+    with pytest.raises(ValueError):
+        ff.encode_args(["two\nlines"])
+
+
+def test_tiny_gguf_header(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", arch="gemma3", chat_template="{{ bos_token }}")
+    header = read_header(path)
+    assert header.architecture == "gemma3"
+    assert header.chat_template == "{{ bos_token }}"
+    assert header.data_end == path.stat().st_size
