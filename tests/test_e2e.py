@@ -1,0 +1,212 @@
+"""End to end: build the real Gemma file with the real runtime stub and run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llamapack.builder.cli import cli
+from llamapack.builder.gguf_header import read_header
+from llamapack.builder.stub import ensure_stub
+from llamapack.runtime import fileformat as ff
+
+from .conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="session")
+def runtime_stub() -> Path:
+    return ensure_stub().path
+
+
+@pytest.fixture(scope="session")
+def gemma_file(tmp_path_factory, gemma_gguf, runtime_stub) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "gemma"
+    result = CliRunner().invoke(cli, ["build", str(gemma_gguf), "-o", str(out), "--runtime", str(runtime_stub)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def run_file(path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(path), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def get_json(url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+class Server:
+    def __init__(self, path: Path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [str(path), "--server", "--nobrowser", "--port", str(self.port), "-t", "2", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.process.communicate()
+            try:
+                status, _ = get_json(self.url + "/health", timeout=2)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the server did not become healthy")
+
+    def python_pid(self) -> int:
+        """PyInstaller's bootloader runs the Python program in a child process."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return int(children[0]) if children else self.process.pid
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        self.process.send_signal(sig)
+        _, err = self.process.communicate(timeout=30)
+        return self.process.returncode, err
+
+
+@pytest.fixture
+def server(gemma_file):
+    running = Server(gemma_file)
+    yield running
+    if running.process.poll() is None:
+        running.process.kill()
+        running.process.wait()
+
+
+def test_file_is_a_zip_and_an_executable(gemma_file, gemma_gguf):
+    layout = ff.read_layout(gemma_file)
+    assert layout.model_offset % ff.MODEL_ALIGNMENT == 0
+    assert layout.manifest["model"]["architecture"] == "gemma3"
+    assert layout.manifest["chat_template"] == {
+        "source": "builtin", "name": "gemma",
+        "reason": "the GGUF has no template; llama.cpp's built-in one for gemma3",
+    }  # fmt: skip
+    listing = subprocess.run(["unzip", "-l", str(gemma_file)], capture_output=True, text=True)
+    assert listing.returncode == 0 and gemma_gguf.name in listing.stdout
+    assert os.access(gemma_file, os.X_OK)
+
+
+def test_version_and_info(gemma_file):
+    version = run_file(gemma_file, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("llamapack ")
+    info = run_file(gemma_file, "--info")
+    assert info.returncode == 0
+    assert json.loads(info.stdout) == ff.read_layout(gemma_file).manifest
+
+
+def test_help_lists_llamafile_flags(gemma_file):
+    result = run_file(gemma_file, "--help")
+    assert result.returncode == 0
+    for flag in ("--server", "--nobrowser", "--host", "--port", "--ctx-size", "--threads",
+                 "--prompt", "--n-predict", "--info", "--version"):  # fmt: skip
+        assert flag in result.stdout
+
+
+def test_prompt_mode_prints_a_completion(gemma_file):
+    result = run_file(gemma_file, "-p", "The capital of France is", "-n", "12", "--temp", "0", "-t", "2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert "Traceback" not in result.stderr
+
+
+def test_server_chat_and_clean_exit(server, gemma_file, gemma_gguf):
+    server.wait_healthy()
+    status, models = get_json(server.url + "/v1/models")
+    assert status == 200 and models["data"][0]["id"] == "gemma-3-270m-q4_k_m"
+    status, reply = get_json(server.url + "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16,
+    })  # fmt: skip
+    assert status == 200
+    assert reply["choices"][0]["message"]["content"].strip()
+
+    # Zero copy: the model is mapped from the built file itself, and nothing
+    # the size of the model was unpacked into PyInstaller's temporary folder.
+    pid = server.python_pid()
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    mapped = [line for line in maps if line.endswith(str(gemma_file.resolve()))]
+    spans = [int(end, 16) - int(start, 16) for start, end in (line.split()[0].split("-") for line in mapped)]
+    header = read_header(gemma_gguf)
+    assert max(spans) >= header.data_end - header.data_offset  # every tensor byte, in place
+    model_size = header.file_size
+    temp_dirs = [Path(line.split()[-1]).parent for line in maps if "/_MEI" in line]
+    assert temp_dirs, "expected PyInstaller's runtime folder"
+    unpacked = sum(p.stat().st_size for p in temp_dirs[0].rglob("*") if p.is_file())
+    assert unpacked < model_size / 2
+    assert not list(temp_dirs[0].rglob("*.gguf"))
+
+    code, err = server.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert not temp_dirs[0].exists(), "PyInstaller's temporary folder must be removed"
+
+
+def test_two_copies_share_one_mapping_of_the_file(gemma_file):
+    first, second = Server(gemma_file), Server(gemma_file)
+    try:
+        first.wait_healthy()
+        second.wait_healthy()
+        inodes = set()
+        for running in (first, second):
+            for line in Path(f"/proc/{running.python_pid()}/maps").read_text().splitlines():
+                if line.endswith(str(gemma_file.resolve())):
+                    inodes.add(line.split()[4])
+        assert len(inodes) == 1  # one file, one page cache
+    finally:
+        for running in (first, second):
+            running.process.kill()
+            running.process.wait()
+
+
+def test_busy_port_is_a_clear_error(server, gemma_file):
+    server.wait_healthy()
+    result = run_file(gemma_file, "--server", "--nobrowser", "--port", str(server.port))
+    assert result.returncode == 1
+    assert "already in use" in result.stderr and "--port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_user_arguments_override_the_defaults(gemma_file):
+    server = Server(gemma_file, "--alias", "my-model")
+    try:
+        server.wait_healthy()
+        _, models = get_json(server.url + "/v1/models")
+        assert models["data"][0]["id"] == "my-model"
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+def test_bare_stub_runs_without_a_model(runtime_stub, gemma_gguf):
+    version = subprocess.run([str(runtime_stub), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and "llamapack" in version.stdout
+    result = subprocess.run([str(runtime_stub), "-m", str(gemma_gguf), "-p", "Hello", "-n", "4", "-t", "2"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    missing = subprocess.run([str(runtime_stub), "-p", "Hello"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no model" in missing.stderr
+
+
+def test_bad_flag_values_are_one_line_errors(gemma_file):
+    result = run_file(gemma_file, "--port", "99999")
+    assert result.returncode == 1 and "--port" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
