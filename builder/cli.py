@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from llamapack.runtime import __version__
 
 from . import progress
@@ -28,9 +27,7 @@ def _domain_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except UsageError as exc:
             raise click.UsageError(str(exc)) from None
         except LlamapackError as exc:
-            error = click.ClickException(str(exc))
-            error.exit_code = exc.exit_code
-            raise error from None
+            raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; nothing was written") from None
 
@@ -89,7 +86,11 @@ def cli() -> None:
 @_quiet_option
 @_domain_errors
 def build(
-    source: Path, output: Path | None, name: str | None, chat_template: str | None, runtime: Path | None
+    source: Path,
+    output: Path | None,
+    name: str | None,
+    chat_template: str | None,
+    runtime: Path | None,
 ) -> None:
     """Build one executable from the GGUF model SOURCE.
 

@@ -8,6 +8,7 @@ costs about as much as `cp` rather than copy + hash + CRC in sequence.
 from __future__ import annotations
 
 import hashlib
+import io
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ class _Crc32:
         self.value = zlib.crc32(data, self.value)
 
 
-def copy_with_digests(source: BinaryIO, target: BinaryIO, size: int, progress: Progress) -> Digests:
+def copy_with_digests(
+    source: io.RawIOBase, target: BinaryIO, size: int, progress: Progress
+) -> Digests:
     """Copy exactly `size` bytes from `source` to `target`; raise EOFError if short."""
     sha256, crc = hashlib.sha256(), _Crc32()
     buffers = [bytearray(CHUNK_SIZE), bytearray(CHUNK_SIZE)]

@@ -4,8 +4,6 @@
 class LlamapackError(Exception):
     """Base for every error a user can cause or fix; never shown as a traceback."""
 
-    exit_code = 1
-
 
 class SourceError(LlamapackError):
     """The model source is missing, unreadable or not a valid GGUF."""
@@ -20,6 +18,4 @@ class RuntimeStubError(LlamapackError):
 
 
 class UsageError(LlamapackError):
-    """Options that contradict each other or name something unknown."""
-
-    exit_code = 2
+    """Options that contradict each other or name something unknown (exit code 2)."""

@@ -161,7 +161,9 @@ def read_header(path: Path) -> GGUFHeader:
     except SourceError:
         raise
     except (struct.error, ValueError, KeyError, IndexError, OverflowError) as exc:
-        raise SourceError(f"{path}: the GGUF header is damaged ({exc or type(exc).__name__})") from None
+        raise SourceError(
+            f"{path}: the GGUF header is damaged ({exc or type(exc).__name__})"
+        ) from None
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
 

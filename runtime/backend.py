@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +60,9 @@ class Backend:
     def text_prompt(self, text: str) -> list[int]:
         return self.model.tokenize(text, add_special=True)
 
-    async def generate(self, prompt: list[int], generation: Generation) -> AsyncIterator[Event]:
+    async def generate(
+        self, prompt: list[int], generation: Generation
+    ) -> AsyncGenerator[Event, None]:
         """Submit a request and yield its events; cancels it if the consumer stops early."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()

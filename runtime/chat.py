@@ -64,7 +64,9 @@ class ChatFormatter:
         if self.source == "gguf":
             template = model.chat_template()
             if not template:
-                raise ChatTemplateError("the manifest names the GGUF's chat template, but it has none")
+                raise ChatTemplateError(
+                    "the manifest names the GGUF's chat template, but it has none"
+                )
             self._jinja = _compile_jinja(template)
         elif self.name not in builtin_template_names():
             raise ChatTemplateError(f"unknown built-in chat template {self.name!r}")

@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--version", action="store_true", help="print versions and exit")
 
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    server.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
     server.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
     server.add_argument("--alias", metavar="NAME", help="model id in the API (default: file name)")
     server.add_argument(
@@ -59,12 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     model = parser.add_argument_group("model")
-    model.add_argument("-m", "--model", metavar="GGUF", help="use this GGUF instead of the embedded one")
+    model.add_argument(
+        "-m", "--model", metavar="GGUF", help="use this GGUF instead of the embedded one"
+    )
     model.add_argument(
         "-c", "--ctx-size", type=int, default=0, metavar="N",
         help="context size in tokens (default: the model's, at most 8192)",
     )  # fmt: skip
-    model.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: cores)")
+    model.add_argument(
+        "-t", "--threads", type=int, metavar="N", help="CPU threads (default: cores)"
+    )
     model.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, metavar="N",
                        help="layers to offload to a GPU (default: 0)")  # fmt: skip
     model.add_argument("--chat-template", metavar="NAME", help="built-in chat template to use")
@@ -285,8 +291,12 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise CliError(f"port {port} on {host} is already in use; choose another with --port") from None
-        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}; check --host and --port") from None
+            raise CliError(
+                f"port {port} on {host} is already in use; choose another with --port"
+            ) from None
+        raise CliError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; check --host and --port"
+        ) from None
     return sock
 
 

@@ -278,9 +278,9 @@ class Engine:
         slot.text += slot.decoder.feed(self.model.piece(token))
         if self._emit(slot):
             self._finish(slot, "stop")
-        elif request.max_tokens is not None and slot.generated >= request.max_tokens:
-            self._finish(slot, "length")
-        elif slot.n_past >= self.n_ctx:
+        elif slot.n_past >= self.n_ctx or (
+            request.max_tokens is not None and slot.generated >= request.max_tokens
+        ):
             self._finish(slot, "length")
 
     def _emit(self, slot: _Slot, final: bool = False) -> bool:
@@ -328,7 +328,7 @@ def _held_back(text: str, stops: list[str]) -> int:
     return longest
 
 
-def _batch_add(batch: llama.llama_batch, token: int, pos: int, seq_id: int, logits: bool) -> None:
+def _batch_add(batch: Any, token: int, pos: int, seq_id: int, logits: bool) -> None:
     i = batch.n_tokens
     batch.token[i] = token
     batch.pos[i] = pos
@@ -367,4 +367,12 @@ def _make_sampler(params: SamplingParams, n_vocab: int) -> Any:
     return chain
 
 
-__all__ = ["Engine", "Event", "QueueFullError", "Request", "RequestError", "SamplingParams", "Usage"]
+__all__ = [
+    "Engine",
+    "Event",
+    "QueueFullError",
+    "Request",
+    "RequestError",
+    "SamplingParams",
+    "Usage",
+]

@@ -186,9 +186,9 @@ class Member:
         extra = _zip64_local_extra(self.size) if self.size >= _MAX32 else b""
         pad = self.extra_len - len(extra)
         if pad:
-            extra += struct.pack("<HHH", _ALIGN_EXTRA_ID, pad - 4, MODEL_ALIGNMENT % 0x10000) + bytes(
-                pad - 6
-            )
+            extra += struct.pack(
+                "<HHH", _ALIGN_EXTRA_ID, pad - 4, MODEL_ALIGNMENT % 0x10000
+            ) + bytes(pad - 6)
         size32 = _MAX32 if self.size >= _MAX32 else self.size
         fixed = _LOCAL_HEADER.pack(
             _LOCAL_SIG, _version_needed(self), 0x0800, 0, _DOS_TIME, _DOS_DATE,
@@ -267,9 +267,23 @@ def central_directory(plan: Plan) -> bytes:
         size32 = _MAX32 if big_size else member.size
         out.write(
             _CENTRAL_HEADER.pack(
-                _CENTRAL_SIG, _MADE_BY_UNIX | 45, _version_needed(member), 0x0800, 0,
-                _DOS_TIME, _DOS_DATE, member.crc, size32, size32, len(name), len(extra),
-                0, 0, 0, _UNIX_FILE_MODE, min(member.header_at, _MAX32),
+                _CENTRAL_SIG,
+                _MADE_BY_UNIX | 45,
+                _version_needed(member),
+                0x0800,
+                0,
+                _DOS_TIME,
+                _DOS_DATE,
+                member.crc,
+                size32,
+                size32,
+                len(name),
+                len(extra),
+                0,
+                0,
+                0,
+                _UNIX_FILE_MODE,
+                min(member.header_at, _MAX32),
             )  # fmt: skip
         )
         out.write(name + extra)
@@ -356,7 +370,9 @@ def read_layout(path: str | Path) -> Layout:
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, struct.error) as exc:
         raise FormatError(f"{path} is not a complete llamapack file ({exc})") from None
     if manifest.get("format") != FORMAT_VERSION:
-        raise FormatError(f"{path} uses file format {manifest.get('format')}, expected {FORMAT_VERSION}")
+        raise FormatError(
+            f"{path} uses file format {manifest.get('format')}, expected {FORMAT_VERSION}"
+        )
     if info.compress_type != zipfile.ZIP_STORED:
         raise FormatError(f"{path}: the model entry is compressed, so it cannot be memory-mapped")
     if info.file_size != manifest["model"]["size"] or model_offset + info.file_size > file_size:

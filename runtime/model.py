@@ -145,7 +145,9 @@ class Model:
 
     # -- tokens
 
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         data = text.encode("utf-8", errors="replace")
         capacity = len(data) + 8
         while True:

@@ -135,7 +135,9 @@ async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamRe
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, "the request body is too large", "invalid_request_error")
     except web.HTTPNotFound:
-        return error_response(404, f"no route for {request.method} {request.path}", "not_found_error")
+        return error_response(
+            404, f"no route for {request.method} {request.path}", "not_found_error"
+        )
     except web.HTTPMethodNotAllowed:
         return error_response(405, f"{request.method} is not allowed here", "invalid_request_error")
 
@@ -206,7 +208,9 @@ async def props(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(request.app[UI_DIR] / "index.html", headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(
+        request.app[UI_DIR] / "index.html", headers={"Cache-Control": "no-cache"}
+    )
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -32,7 +32,9 @@ def write_gguf(
     if chat_template:
         writer.add_chat_template(chat_template)
     rng = np.random.default_rng(0)
-    writer.add_tensor("token_embd.weight", rng.random((tensor_elements // 64, 64), dtype=np.float32))
+    writer.add_tensor(
+        "token_embd.weight", rng.random((tensor_elements // 64, 64), dtype=np.float32)
+    )
     writer.add_tensor("output_norm.weight", np.ones(64, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

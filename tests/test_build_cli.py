@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from llamapack.builder.cli import cli
 
 from .fakes import write_gguf
@@ -61,7 +60,9 @@ def test_gemma_without_template_gets_llamacpp_gemma(tmp_path, fake_stub):
 
 
 def test_gguf_template_is_used_when_present(tmp_path, fake_stub):
-    source = write_gguf(tmp_path / "t.gguf", chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")
+    source = write_gguf(
+        tmp_path / "t.gguf", chat_template="{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
     out = tmp_path / "m"
     code, output = run("build", str(source), "-o", str(out), "--runtime", str(fake_stub))
     assert code == 0, output
@@ -114,7 +115,11 @@ def test_bad_sources_fail_with_one_line(make_source, message, fake_stub, tmp_pat
     lines = output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], output
     assert "Traceback" not in output
-    assert not out.exists() and not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert (
+        not out.exists()
+        and not (tmp_path / "out").exists()
+        or not any((tmp_path / "out").iterdir())
+    )
 
 
 def test_output_equal_to_input_is_refused(tiny_gguf, fake_stub):
@@ -141,7 +146,9 @@ def test_a_stub_that_is_not_a_runtime_is_refused(tiny_gguf, tmp_path):
 def test_unwritable_output_folder(tiny_gguf, fake_stub, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, output = run("build", str(tiny_gguf), "-o", str(blocker / "sub" / "m"), "--runtime", str(fake_stub))
+    code, output = run(
+        "build", str(tiny_gguf), "-o", str(blocker / "sub" / "m"), "--runtime", str(fake_stub)
+    )
     assert code == 1 and output.startswith("Error: cannot write to")
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from llamapack.builder.cli import cli
 from llamapack.builder.gguf_header import read_header
 from llamapack.builder.stub import ensure_stub
@@ -32,7 +31,9 @@ def runtime_stub() -> Path:
 @pytest.fixture(scope="session")
 def gemma_file(tmp_path_factory, gemma_gguf, runtime_stub) -> Path:
     out = tmp_path_factory.mktemp("dist") / "gemma"
-    result = CliRunner().invoke(cli, ["build", str(gemma_gguf), "-o", str(out), "--runtime", str(runtime_stub)])
+    result = CliRunner().invoke(
+        cli, ["build", str(gemma_gguf), "-o", str(out), "--runtime", str(runtime_stub)]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -75,7 +76,9 @@ class Server:
 
     def python_pid(self) -> int:
         """PyInstaller's bootloader runs the Python program in a child process."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        children = (
+            Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        )
         return int(children[0]) if children else self.process.pid
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
@@ -123,7 +126,9 @@ def test_help_lists_llamafile_flags(gemma_file):
 
 
 def test_prompt_mode_prints_a_completion(gemma_file):
-    result = run_file(gemma_file, "-p", "The capital of France is", "-n", "12", "--temp", "0", "-t", "2")
+    result = run_file(
+        gemma_file, "-p", "The capital of France is", "-n", "12", "--temp", "0", "-t", "2"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert "Traceback" not in result.stderr
@@ -144,7 +149,10 @@ def test_server_chat_and_clean_exit(server, gemma_file, gemma_gguf):
     pid = server.python_pid()
     maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
     mapped = [line for line in maps if line.endswith(str(gemma_file.resolve()))]
-    spans = [int(end, 16) - int(start, 16) for start, end in (line.split()[0].split("-") for line in mapped)]
+    spans = [
+        int(end, 16) - int(start, 16)
+        for start, end in (line.split()[0].split("-") for line in mapped)
+    ]
     header = read_header(gemma_gguf)
     assert max(spans) >= header.data_end - header.data_offset  # every tensor byte, in place
     model_size = header.file_size
@@ -197,12 +205,16 @@ def test_user_arguments_override_the_defaults(gemma_file):
 
 
 def test_bare_stub_runs_without_a_model(runtime_stub, gemma_gguf):
-    version = subprocess.run([str(runtime_stub), "--version"], capture_output=True, text=True, timeout=60)
+    version = subprocess.run(
+        [str(runtime_stub), "--version"], capture_output=True, text=True, timeout=60
+    )
     assert version.returncode == 0 and "llamapack" in version.stdout
-    result = subprocess.run([str(runtime_stub), "-m", str(gemma_gguf), "-p", "Hello", "-n", "4", "-t", "2"],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    command = [str(runtime_stub), "-m", str(gemma_gguf), "-p", "Hello", "-n", "4", "-t", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    missing = subprocess.run([str(runtime_stub), "-p", "Hello"], capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [str(runtime_stub), "-p", "Hello"], capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode == 1 and "no model" in missing.stderr
 
 

