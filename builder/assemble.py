@@ -8,24 +8,26 @@ and never a half-written file under the output name.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
-import os
 import sys
-import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from llamapack.runtime import __version__
 from llamapack.runtime import fileformat as ff
+from llamapack.runtime.model import ModelSource
 
+from .atomic import atomic_output
 from .chat_template import choose_chat_template
 from .copying import copy_with_digests
-from .errors import OutputError, RuntimeStubError, SourceError
-from .gguf_header import GGUFHeader, read_header
+from .errors import OutputError, RuntimeStubError, SourceError, UsageError
+from .gguf_header import GGUFHeader
 from .progress import progress_bar
+from .sources import Source, check_vocabulary, check_vocabulary_at
 from .stub import StubInfo, llama_cpp_version, target_name
 
 _PLACEHOLDER_SHA256 = "0" * 64
@@ -33,11 +35,13 @@ _PLACEHOLDER_SHA256 = "0" * 64
 
 @dataclass(frozen=True)
 class BuildOptions:
-    source: Path
     output: Path | None = None
     name: str | None = None
     chat_template: str | None = None
-    default_args: list[str] = field(default_factory=list)
+    ctx_size: int | None = None
+    temperature: float | None = None
+    system_prompt: str | None = None
+    extra_args: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -48,66 +52,96 @@ class BuildResult:
     size: int
 
 
-def check_source(source: Path) -> GGUFHeader:
-    if not source.exists():
-        raise SourceError(f"no such file: {source}")
-    if source.is_dir():
-        raise SourceError(f"{source} is a directory; give the path of a .gguf file")
-    if source.stat().st_size == 0:
-        raise SourceError(f"{source} is empty")
-    return read_header(source)
-
-
-def default_output(source: Path) -> Path:
+def default_output(file_name: str) -> Path:
     suffix = ".exe" if sys.platform == "win32" else ""
-    return Path("dist") / (source.stem + suffix)
+    return Path("dist") / (Path(file_name).stem + suffix)
 
 
-def resolve_output(options: BuildOptions) -> Path:
-    output = options.output or default_output(options.source)
+def resolve_output(output: Path | None, source: Source) -> Path:
+    output = output or default_output(source.file_name)
     if output.is_dir():
-        output = output / default_output(options.source).name
+        output = output / default_output(source.file_name).name
+    in_place = source.in_place
     with contextlib.suppress(OSError):
-        if output.exists() and output.samefile(options.source):
+        if in_place and output.exists() and output.samefile(in_place.path):
             raise OutputError(f"the output {output} is the input model; choose another -o")
     return output
 
 
-def build(options: BuildOptions, stub: StubInfo) -> BuildResult:
-    source = options.source
-    header = check_source(source)
+def default_args(options: BuildOptions, name: str) -> list[str]:
+    """The `.args` lines: stored defaults, then where the user's arguments go."""
+    args = ["--alias", name]
+    if options.ctx_size is not None:
+        args += ["--ctx-size", str(options.ctx_size)]
+    if options.temperature is not None:
+        args += ["--temp", repr(options.temperature)]
+    if options.system_prompt is not None:
+        args += ["--system-prompt", options.system_prompt]
+    args += options.extra_args
+    check_runtime_args(args)
+    return [*args, ff.USER_ARGS_MARKER]
+
+
+def check_runtime_args(args: list[str]) -> None:
+    """Refuse at build time what the built file would refuse at every launch."""
+    from llamapack.runtime.cli import build_parser
+
+    class Refused(Exception):
+        pass
+
+    def refuse(message: str) -> None:
+        raise Refused(message)
+
+    parser = build_parser()
+    parser.error = refuse  # type: ignore[method-assign,assignment]
+    try:
+        parser.parse_args(args)
+    except Refused as exc:
+        raise UsageError(f"the built file would refuse these default arguments: {exc}") from None
+
+
+def build(source: Source, options: BuildOptions, stub: StubInfo) -> BuildResult:
+    """Write the file for a resolved source (see `sources.resolve`)."""
+    header = source.header
     chat_template = choose_chat_template(header, options.chat_template)
-    output = resolve_output(options)
+    name = options.name or Path(source.file_name).stem
+    try:
+        args_bytes = ff.encode_args(default_args(options, name))
+    except ValueError as exc:
+        raise UsageError(f"{exc}: .args holds one argument per line") from None
+    check_vocabulary(source)
+    output = resolve_output(options.output, source)
     stub_data = _read_stub(stub.path)
-    name = options.name or source.stem
-    manifest = _manifest(name, source, header, chat_template, stub_data)
-    args = ["--alias", name, *options.default_args, ff.USER_ARGS_MARKER]
-    args_bytes = ff.encode_args(args)
+    manifest = _manifest(name, source, chat_template, stub_data, options)
     stub_layout = _split_stub(stub_data, stub.path)
-    model_name = source.name
-    model_member = ff.place_model(stub_layout, model_name, header.file_size)
+    model_member = ff.place_model(stub_layout, source.file_name, source.size)
     # The manifest holds the model's hash, known only after the copy; a
     # placeholder of the same length fixes every offset before writing starts.
     placeholder = _with_model(manifest, _PLACEHOLDER_SHA256, model_member.data_at)
-    plan = ff.plan_file(
-        stub_layout, model_member, len(ff.encode_manifest(placeholder)), len(args_bytes)
-    )
+    plan = ff.plan_file(stub_layout, model_member, len(ff.encode_manifest(placeholder)), len(args_bytes))
     head, tail = stub_layout.relocated(plan.shift)
-    with _atomic_output(output) as target, source.open("rb", buffering=0) as model:
+
+    def check_embedded(temp: Path) -> None:
+        if source.in_place is None:  # compressed source: check the copy before keeping it
+            check_vocabulary_at(ModelSource(temp, plan.model.data_at), source.label)
+
+    with atomic_output(output, check_embedded) as target, _open_source(source) as model:
         target.write(head)
         target.write(bytes(plan.model.header_at - stub_layout.insert_at))
         target.write(plan.model.local_header())
-        with progress_bar(header.file_size, f"Copying {model_name}") as bar:
+        with progress_bar(source.size, f"Copying {source.file_name}") as bar:
             try:
-                digests = copy_with_digests(model, target, header.file_size, bar)
+                digests = copy_with_digests(model, target, source.size, bar)
             except EOFError:
-                raise SourceError(f"{source} changed size while it was being copied") from None
+                raise SourceError(f"{source.label} changed size while it was being copied") from None
+            except zipfile.BadZipFile as exc:
+                raise SourceError(f"{source.label} is damaged: {exc}") from None
         plan.model.crc = digests.crc32
         manifest = _with_model(manifest, digests.sha256, plan.model.data_at)
         manifest_bytes = ff.encode_manifest(manifest)
         assert len(manifest_bytes) == plan.manifest.size, "manifest length must not change"
         for member, data in ((plan.manifest, manifest_bytes), (plan.args, args_bytes)):
-            member.crc = _crc32(data)
+            member.crc = zlib.crc32(data)
             target.write(member.local_header())
             target.write(data)
         target.write(bytes(plan.tail_at - plan.args.end))
@@ -117,6 +151,16 @@ def build(options: BuildOptions, stub: StubInfo) -> BuildResult:
         target.seek(plan.model.header_at)
         target.write(plan.model.local_header())
     return BuildResult(output, manifest, header, output.stat().st_size)
+
+
+@contextlib.contextmanager
+def _open_source(source: Source) -> Iterator[Any]:
+    try:
+        stream = source.open()
+    except OSError as exc:
+        raise SourceError(f"cannot read {source.label}: {exc.strerror or exc}") from None
+    with stream:
+        yield stream
 
 
 def _split_stub(data: bytes, path: Path) -> ff.Stub:
@@ -134,8 +178,19 @@ def _read_stub(path: Path) -> bytes:
 
 
 def _manifest(
-    name: str, source: Path, header: GGUFHeader, chat_template: dict[str, Any], stub: bytes
+    name: str,
+    source: Source,
+    chat_template: dict[str, Any],
+    stub: bytes,
+    options: BuildOptions,
 ) -> dict[str, Any]:
+    header = source.header
+    defaults = {
+        "ctx_size": options.ctx_size,
+        "temperature": options.temperature,
+        "system_prompt": options.system_prompt,
+        "args": options.extra_args,
+    }
     return {
         "format": ff.FORMAT_VERSION,
         "name": name,
@@ -145,9 +200,10 @@ def _manifest(
             "target": target_name(),
             "stub_sha256": hashlib.sha256(stub).hexdigest(),
         },
+        "source": source.provenance,
         "model": {
-            "file": source.name,
-            "size": header.file_size,
+            "file": source.file_name,
+            "size": source.size,
             "name": header.metadata.get("general.name"),
             "architecture": header.architecture,
             "parameters": header.parameter_count,
@@ -155,48 +211,10 @@ def _manifest(
             "context_length": header.context_length,
         },
         "chat_template": chat_template,
+        "defaults": {k: v for k, v in defaults.items() if v not in (None, [])},
     }
 
 
 def _with_model(manifest: dict[str, Any], sha256: str, offset: int) -> dict[str, Any]:
     model = {**manifest["model"], "sha256": sha256, "offset": offset}
     return {**manifest, "model": model}
-
-
-def _crc32(data: bytes) -> int:
-    import zlib
-
-    return zlib.crc32(data)
-
-
-@contextlib.contextmanager
-def _atomic_output(output: Path) -> Iterator[BinaryIO]:
-    folder = output.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{output.name}.", suffix=".partial")
-    except OSError as exc:
-        raise OutputError(f"cannot write to {folder}: {exc.strerror}") from None
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb", buffering=0) as file:
-            yield file  # type: ignore[misc]
-            file.flush()
-            os.fsync(file.fileno())
-        mode = 0o777 & ~_umask()
-        os.chmod(temp, mode)
-        os.replace(temp, output)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise OutputError(f"no space left on the device while writing {output}") from None
-        raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -33,9 +33,7 @@ def choose_chat_template(header: GGUFHeader, override: str | None) -> dict[str, 
     if override:
         names = builtin_template_names()
         if override not in names:
-            raise UsageError(
-                f"unknown chat template {override!r}; llama.cpp knows: {', '.join(names)}"
-            )
+            raise UsageError(f"unknown chat template {override!r}; llama.cpp knows: {', '.join(names)}")
         return {"source": "builtin", "name": override, "reason": "chosen with --chat-template"}
     if header.chat_template:
         return {"source": "gguf", "name": "gguf", "reason": "the GGUF's own template"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,59 +73,191 @@ def cli() -> None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source")
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path),
     help="Output file (default: dist/<model name>). An existing folder gets the file inside.",
 )  # fmt: skip
 @click.option("--name", help="Model name shown in the chat page and the API (default: file stem).")
+@click.option("--member", metavar="NAME", help="The GGUF to use when a .zip source holds several.")
+@click.option("--quant", metavar="Q", help="With hf://OWNER/REPO: pick the GGUF of this quantization.")
 @click.option(
     "--chat-template", metavar="NAME",
     help="llama.cpp built-in chat template to use instead of the GGUF's own (e.g. chatml, gemma).",
+)  # fmt: skip
+@click.option("--ctx-size", type=click.IntRange(min=0), help="Default context size of the file.")
+@click.option("--temp", type=click.FloatRange(min=0), help="Default sampling temperature.")
+@click.option("--system-prompt", metavar="TEXT", help="Default system message for chats.")
+@click.option(
+    "--args", "raw_args", metavar='"ARGS"',
+    help="More default arguments for the file, as a shell would split them.",
 )  # fmt: skip
 @_runtime_option
 @_quiet_option
 @_domain_errors
 def build(
-    source: Path,
+    source: str,
     output: Path | None,
     name: str | None,
+    member: str | None,
+    quant: str | None,
     chat_template: str | None,
+    ctx_size: int | None,
+    temp: float | None,
+    system_prompt: str | None,
+    raw_args: str | None,
     runtime: Path | None,
 ) -> None:
     """Build one executable from the GGUF model SOURCE.
 
+    SOURCE is a .gguf file, a .zip holding one (Deflate64 too, as Windows
+    Explorer writes large archives), or a Hugging Face file:
+    hf://OWNER/REPO/FILE.gguf[@REVISION], or hf://OWNER/REPO with --quant.
     The file runs the model with no install: it memory-maps the weights from
     itself and serves a chat page and an OpenAI-compatible API.
 
     \b
     Examples:
       llamapack build gemma-3-270m-q4_k_m.gguf
-      llamapack build model.gguf -o ~/bin/assistant --name Assistant
-      llamapack build model.gguf --chat-template chatml
+      llamapack build model.gguf -o ~/bin/assistant --name Assistant --ctx-size 4096
+      llamapack build hf://ggml-org/gemma-3-270m-GGUF --quant Q4_K_M
+      llamapack build models.zip --member phi-3-mini-q4.gguf
     """
-    from .assemble import BuildOptions, check_source
+    import shlex
+
+    from .assemble import BuildOptions
     from .assemble import build as build_file
+    from .sources import resolve
     from .stub import ensure_stub
 
     started = time.perf_counter()
-    check_source(source)  # fail fast, before a possible stub build
+    resolved = resolve(source, member, quant)  # fail fast, before a possible stub build
     if runtime is None and not _stub_cached():
         _echo("Building the runtime stub once (PyInstaller, about a minute)...")
     stub = ensure_stub(runtime)
-    options = BuildOptions(source=source, output=output, name=name, chat_template=chat_template)
-    result = build_file(options, stub)
+    try:
+        extra_args = shlex.split(raw_args) if raw_args else []
+    except ValueError as exc:
+        raise UsageError(f"--args cannot be split: {exc}") from None
+    options = BuildOptions(
+        output=output,
+        name=name,
+        chat_template=chat_template,
+        ctx_size=ctx_size,
+        temperature=temp,
+        system_prompt=system_prompt,
+        extra_args=extra_args,
+    )
+    result = build_file(resolved, options, stub)
     elapsed = time.perf_counter() - started
-    model = result.manifest["model"]
-    template = result.manifest["chat_template"]
-    _echo(
-        f"Built {result.output} ({_size(result.size)}) in {elapsed:.1f} s\n"
+    _echo(f"Built {result.output} ({_size(result.size)}) in {elapsed:.1f} s")
+    _echo(describe(result.manifest, result.header))
+    _echo(f"  run it:        {_run_hint(result.output)}")
+
+
+def describe(manifest: dict[str, Any], header: Any = None) -> str:
+    """The human summary shared by `build` and `inspect`."""
+    from .memory import estimate_memory
+
+    model = manifest["model"]
+    template = manifest["chat_template"]
+    lines = [
         f"  model:         {model['name'] or model['file']}: {model['architecture']}, "
         f"{_count(model['parameters'])} parameters, {model['quantization']}, "
-        f"trained context {model['context_length']}\n"
-        f"  chat template: {template['name']} ({template['reason']})\n"
-        f"  run it:        {_run_hint(result.output)}"
-    )
+        f"trained context {model['context_length']}",
+        f"  chat template: {template['name']} ({template['reason']})",
+    ]
+    if header is not None:
+        estimate = estimate_memory(header, manifest.get("defaults", {}).get("ctx_size"))
+        lines.append(
+            f"  memory:        about {_size(estimate.total)} to run at context {estimate.context} "
+            f"({_size(estimate.weights)} weights, {_size(estimate.kv_cache)} KV cache)"
+        )
+    return "\n".join(lines)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+@_domain_errors
+def inspect(file: Path, as_json: bool) -> None:
+    """Show what a built FILE holds: manifest, model, engine versions, offsets.
+
+    \b
+    Examples:
+      llamapack inspect dist/model
+      llamapack inspect dist/model --json | jq .model.sha256
+    """
+    from .provenance import inspect_file
+
+    report = inspect_file(file)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    manifest = report["manifest"]
+    layout = report["layout"]
+    engine = report["engine"]
+    source = manifest.get("source") or {}
+    click.echo(f"{file}: llamapack file format {manifest['format']}, {_size(layout['file_size'])}")
+    click.echo(describe(manifest))
+    click.echo(f"  weights:       {manifest['model']['file']}, {_size(layout['model_size'])} at "
+               f"offset {layout['model_offset']} (sha256 {manifest['model']['sha256']})")  # fmt: skip
+    if source:
+        click.echo(f"  source:        {_source_text(source)}")
+    click.echo(f"  engine:        llamapack {engine['llamapack']}, llama-cpp-python "
+               f"{engine['llama_cpp_python']}, {engine['target']}")  # fmt: skip
+    click.echo(f"  defaults:      {' '.join(layout['args'])}")
+    click.echo(f"  upgrade:       {report['upgrade']}")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("file", type=click.Path(path_type=Path))
+@_quiet_option
+@_domain_errors
+def verify(file: Path) -> None:
+    """Re-hash the weights inside FILE and compare them with its manifest.
+
+    Exits with status 1 when the weights differ from what was built.
+
+    \b
+    Example:
+      llamapack verify dist/model && echo intact
+    """
+    from .provenance import verify_file
+
+    digest = verify_file(file)
+    _echo(f"OK: {file} holds the weights it was built with (sha256 {digest})")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path),
+    help="Where to write the GGUF (default: its original name, in the current folder).",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@_quiet_option
+@_domain_errors
+def unpack(file: Path, output: Path | None, force: bool) -> None:
+    """Write the GGUF inside FILE back out, byte for byte.
+
+    \b
+    Examples:
+      llamapack unpack dist/model
+      llamapack unpack dist/model -o model.gguf
+    """
+    from .provenance import unpack_file
+
+    written = unpack_file(file, output, force)
+    _echo(f"Wrote {written} (checked against the manifest's sha256)")
+
+
+def _source_text(source: dict[str, Any]) -> str:
+    if source.get("type") == "huggingface":
+        return f"hf://{source['repo']}/{source['file']}@{source.get('commit') or source['revision']}"
+    if source.get("type") == "zip":
+        return f"{source['archive']} (member {source['member']})"
+    return str(source.get("file", "local file"))
 
 
 @cli.group(context_settings=CONTEXT_SETTINGS)

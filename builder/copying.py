@@ -34,9 +34,7 @@ class _Crc32:
         self.value = zlib.crc32(data, self.value)
 
 
-def copy_with_digests(
-    source: io.RawIOBase, target: BinaryIO, size: int, progress: Progress
-) -> Digests:
+def copy_with_digests(source: io.RawIOBase, target: BinaryIO, size: int, progress: Progress) -> Digests:
     """Copy exactly `size` bytes from `source` to `target`; raise EOFError if short."""
     sha256, crc = hashlib.sha256(), _Crc32()
     buffers = [bytearray(CHUNK_SIZE), bytearray(CHUNK_SIZE)]

@@ -19,3 +19,11 @@ class RuntimeStubError(LlamapackError):
 
 class UsageError(LlamapackError):
     """Options that contradict each other or name something unknown (exit code 2)."""
+
+
+class BuiltFileError(LlamapackError):
+    """A file given to inspect/verify/unpack/upgrade is not a complete llamapack file."""
+
+
+class VerifyError(LlamapackError):
+    """The weights inside a built file differ from its manifest."""

@@ -12,7 +12,7 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
@@ -122,7 +122,7 @@ class _Cursor:
         length = self.unpack("Q")
         raw = bytes(self.buffer[self.at : self.at + length])
         if len(raw) != length:
-            raise struct.error("string runs past the end of the file")
+            raise struct.error("a string runs past the end of the data")
         self.at += length
         return raw.decode("utf-8", errors="replace")
 
@@ -153,51 +153,78 @@ class _Cursor:
             self.at += count * struct.calcsize(_SCALARS[GGUFValueType(item_type)])
 
 
+class _NeedMore(Exception):
+    """The buffer ends inside the header."""
+
+
 def read_header(path: Path) -> GGUFHeader:
-    """Parse and check the header of the GGUF at `path`, raising SourceError."""
+    """Parse and check the header of the GGUF file at `path`, raising SourceError."""
     try:
         with path.open("rb") as file:
-            return _read(file, path)
-    except SourceError:
-        raise
-    except (struct.error, ValueError, KeyError, IndexError, OverflowError) as exc:
-        raise SourceError(
-            f"{path}: the GGUF header is damaged ({exc or type(exc).__name__})"
-        ) from None
+            size = file.seek(0, 2)
+            if size < 4:
+                return parse_header(b"", size, str(path))
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    return parse_header(view, size, str(path))
+                finally:
+                    view.release()
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _read(file: BinaryIO, path: Path) -> GGUFHeader:
-    size = file.seek(0, 2)
-    file.seek(0)
-    if file.read(4) != GGUF_MAGIC:
-        raise SourceError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
-    with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        cursor = _Cursor(memoryview(mapped), 4)
+def read_header_from_stream(stream: IO[bytes], size: int, label: str) -> GGUFHeader:
+    """Parse the header from the start of a stream (a compressed ZIP member, say),
+    reading only as much as the header needs."""
+    buffer = bytearray()
+    want = min(size, 8 << 20)
+    while True:
+        chunk = stream.read(want - len(buffer))
+        buffer += chunk
         try:
-            version, tensor_count, kv_count = cursor.unpack("IQQ")
-            if version not in SUPPORTED_VERSIONS:
-                raise SourceError(f"{path}: GGUF version {version} is not supported (only 2 and 3)")
-            metadata: dict[str, Any] = {}
-            skipped: dict[str, int] = {}
-            for _ in range(kv_count):
-                key = cursor.string()
-                metadata[key] = cursor.value(cursor.unpack("I"), key, skipped)
-            tensors = []
-            for _ in range(tensor_count):
-                name = cursor.string()
-                n_dims = cursor.unpack("I")
-                shape = tuple(cursor.unpack("Q") for _ in range(n_dims))
-                tensor_type, offset = cursor.unpack("IQ")
-                tensors.append(Tensor(name, shape, tensor_type, offset))
-            header_end = cursor.at
-        finally:
-            cursor.buffer.release()  # type: ignore[union-attr]
+            return parse_header(bytes(buffer), size, label, complete=len(buffer) >= size)
+        except _NeedMore:
+            if not chunk or len(buffer) >= size:
+                raise SourceError(f"{label}: the GGUF header is damaged (it runs past the end)") from None
+            want = min(size, want * 2)
+
+
+def parse_header(buffer: bytes | memoryview, size: int, label: str, complete: bool = True) -> GGUFHeader:
+    """Parse a GGUF header from `buffer`, the first bytes of a `size`-byte file."""
+    if size == 0:
+        raise SourceError(f"{label} is empty")
+    if bytes(buffer[:4]) != GGUF_MAGIC:
+        raise SourceError(f"{label} is not a GGUF file (it does not start with 'GGUF')")
+    cursor = _Cursor(buffer, 4)
+    try:
+        version, tensor_count, kv_count = cursor.unpack("IQQ")
+        if version not in SUPPORTED_VERSIONS:
+            raise SourceError(f"{label}: GGUF version {version} is not supported (only 2 and 3)")
+        metadata: dict[str, Any] = {}
+        skipped: dict[str, int] = {}
+        for _ in range(kv_count):
+            key = cursor.string()
+            metadata[key] = cursor.value(cursor.unpack("I"), key, skipped)
+        tensors = []
+        for _ in range(tensor_count):
+            name = cursor.string()
+            n_dims = cursor.unpack("I")
+            shape = tuple(cursor.unpack("Q") for _ in range(n_dims))
+            tensor_type, offset = cursor.unpack("IQ")
+            tensors.append(Tensor(name, shape, tensor_type, offset))
+        if cursor.at > len(buffer):
+            raise struct.error("the header runs past the end of the data")
+    except (struct.error, IndexError) as exc:
+        if not complete:
+            raise _NeedMore from None
+        raise SourceError(f"{label}: the GGUF header is damaged ({exc})") from None
+    except (ValueError, KeyError, OverflowError) as exc:
+        raise SourceError(f"{label}: the GGUF header is damaged ({exc})") from None
     alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
-    data_offset = -(-header_end // alignment) * alignment
+    data_offset = -(-cursor.at // alignment) * alignment
     header = GGUFHeader(version, metadata, tensors, data_offset, size, skipped)
     if header.data_end > size:
         missing = header.data_end - size
-        raise SourceError(f"{path} is truncated: its tensors need {missing} more bytes")
+        raise SourceError(f"{label} is truncated: its tensors need {missing} more bytes")
     return header

@@ -67,9 +67,7 @@ def _sources_digest() -> str:
 
 
 def stub_key() -> str:
-    return (
-        f"{__version__}-llama-cpp-python-{llama_cpp_version()}-{target_name()}-{_sources_digest()}"
-    )
+    return f"{__version__}-llama-cpp-python-{llama_cpp_version()}-{target_name()}-{_sources_digest()}"
 
 
 def cache_dir() -> Path:
@@ -119,9 +117,7 @@ def build_stub(destination: Path, log: object = None) -> Path:
         ]  # fmt: skip
         log_path = destination.parent / "pyinstaller.log"
         with log_path.open("w") as log_file:
-            result = subprocess.run(
-                command, stdout=log_file, stderr=subprocess.STDOUT, cwd=work_dir
-            )
+            result = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=work_dir)
         if result.returncode != 0:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise RuntimeStubError(f"PyInstaller failed ({tail[0]}); full log: {log_path}")

@@ -21,6 +21,8 @@ import llama_cpp.llama_cpp as llama
 
 _LOG_ERROR = 4
 _LOG_CONT = 5
+_LOAD_MODE_NONE = 0  # enum llama_load_mode
+_LOAD_MODE_MMAP = 1
 
 
 class ModelLoadError(Exception):
@@ -36,10 +38,11 @@ class ModelSource:
 
 
 class _LlamaLog:
-    """Route llama.cpp's log: errors always, everything with `verbose`."""
+    """Keep llama.cpp's first error for our one-line messages; print its log with `verbose`."""
 
     def __init__(self) -> None:
         self.verbose = False
+        self.first_error = ""  # llama.cpp says why a load failed only in its log
         self._last_level = 0
         self._callback = llama.llama_log_callback(self._log)
         llama.llama_log_set(self._callback, ctypes.c_void_p(0))
@@ -47,8 +50,11 @@ class _LlamaLog:
     def _log(self, level: int, text: bytes, _user: ctypes.c_void_p) -> None:
         if level != _LOG_CONT:
             self._last_level = level
-        if self.verbose or self._last_level >= _LOG_ERROR:
-            sys.stderr.write(text.decode("utf-8", errors="replace"))
+        message = text.decode("utf-8", errors="replace")
+        if self._last_level >= _LOG_ERROR and message.strip() and not self.first_error:
+            self.first_error = message.strip()
+        if self.verbose:
+            sys.stderr.write(message)
 
 
 _log: _LlamaLog | None = None
@@ -100,14 +106,20 @@ class Model:
 
     def __init__(self, source: ModelSource, n_gpu_layers: int = 0, vocab_only: bool = False):
         params = llama.llama_model_default_params()
-        params.use_mmap = True
+        # Map the weights in place (zero copy). A vocab-only load reads no
+        # tensors, so it needs no aligned mapping: a STORED member of someone's
+        # ZIP is rarely aligned.
+        params.load_mode = _LOAD_MODE_NONE if vocab_only else _LOAD_MODE_MMAP
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
         self._file = _CFile(source)
+        if _log is not None:
+            _log.first_error = ""
         pointer = llama.llama_model_load_from_file_ptr(self._file.pointer, params)
         if not pointer:
             self._file.close()
-            raise ModelLoadError(f"llama.cpp could not load the model in {source.path}")
+            reason = _log.first_error if _log is not None else "see --verbose"
+            raise ModelLoadError(f"llama.cpp cannot load the model in {source.path}: {reason}")
         self.pointer = pointer
         self.vocab = llama.llama_model_get_vocab(pointer)
         self.n_ctx_train = llama.llama_model_n_ctx_train(pointer)
@@ -145,9 +157,7 @@ class Model:
 
     # -- tokens
 
-    def tokenize(
-        self, text: str, add_special: bool = True, parse_special: bool = True
-    ) -> list[int]:
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8", errors="replace")
         capacity = len(data) + 8
         while True:

@@ -115,11 +115,7 @@ def test_bad_sources_fail_with_one_line(make_source, message, fake_stub, tmp_pat
     lines = output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], output
     assert "Traceback" not in output
-    assert (
-        not out.exists()
-        and not (tmp_path / "out").exists()
-        or not any((tmp_path / "out").iterdir())
-    )
+    assert not out.exists() and not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_output_equal_to_input_is_refused(tiny_gguf, fake_stub):
@@ -146,9 +142,7 @@ def test_a_stub_that_is_not_a_runtime_is_refused(tiny_gguf, tmp_path):
 def test_unwritable_output_folder(tiny_gguf, fake_stub, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, output = run(
-        "build", str(tiny_gguf), "-o", str(blocker / "sub" / "m"), "--runtime", str(fake_stub)
-    )
+    code, output = run("build", str(tiny_gguf), "-o", str(blocker / "sub" / "m"), "--runtime", str(fake_stub))
     assert code == 1 and output.startswith("Error: cannot write to")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from llamapack.builder.assemble import BuildOptions, build
 from llamapack.builder.gguf_header import read_header
+from llamapack.builder.sources import resolve
 from llamapack.builder.stub import StubInfo
 from llamapack.runtime import fileformat as ff
 
@@ -18,7 +19,7 @@ from .fakes import COOKIE, COOKIE_MAGIC, elf_stub, read_sections, write_gguf
 
 
 def _build(source: Path, stub: Path, output: Path, **options: object) -> Path:
-    build(BuildOptions(source=source, output=output, **options), StubInfo(stub, "test", False))  # type: ignore[arg-type]
+    build(resolve(str(source)), BuildOptions(output=output, **options), StubInfo(stub, "test", False))  # type: ignore[arg-type]
     return output
 
 
@@ -135,9 +136,7 @@ def test_zip64_when_the_model_passes_4_gib(tmp_path):
     stub = ff.read_stub(elf_stub())
     size = 5 * 1024**3
     model = ff.place_model(stub, "big.gguf", size)
-    manifest = ff.encode_manifest(
-        {"format": ff.FORMAT_VERSION, "model": {"file": "big.gguf", "size": size}}
-    )
+    manifest = ff.encode_manifest({"format": ff.FORMAT_VERSION, "model": {"file": "big.gguf", "size": size}})
     args = ff.encode_args(["..."])
     plan = ff.plan_file(stub, model, len(manifest), len(args))
     head, tail = stub.relocated(plan.shift)
