@@ -102,18 +102,34 @@ def check_runtime_args(args: list[str]) -> None:
 
 def build(source: Source, options: BuildOptions, stub: StubInfo) -> BuildResult:
     """Write the file for a resolved source (see `sources.resolve`)."""
-    header = source.header
-    chat_template = choose_chat_template(header, options.chat_template)
+    chat_template = choose_chat_template(source.header, options.chat_template)
     name = options.name or Path(source.file_name).stem
-    try:
-        args_bytes = ff.encode_args(default_args(options, name))
-    except ValueError as exc:
-        raise UsageError(f"{exc}: .args holds one argument per line") from None
+    args = default_args(options, name)
     check_vocabulary(source)
     output = resolve_output(options.output, source)
-    stub_data = _read_stub(stub.path)
-    manifest = _manifest(name, source, chat_template, stub_data, options)
-    stub_layout = _split_stub(stub_data, stub.path)
+    stub_data = read_stub(stub.path)
+    manifest = _manifest(name, source, chat_template, options)
+    return write_file(source, output, manifest, args, stub_data, stub.path)
+
+
+def write_file(
+    source: Source,
+    output: Path,
+    manifest: dict[str, Any],
+    args: list[str],
+    stub_data: bytes,
+    stub_path: Path,
+    expected_sha256: str | None = None,
+) -> BuildResult:
+    """Lay out stub, model, manifest and `.args`; the model's sha256 and offset are
+    filled into the manifest here. With `expected_sha256`, a copy whose hash
+    differs is discarded instead of kept."""
+    try:
+        args_bytes = ff.encode_args(args)
+    except ValueError as exc:
+        raise UsageError(f"{exc}: .args holds one argument per line") from None
+    manifest = {**manifest, "runtime": {**manifest["runtime"], "stub_sha256": _sha256(stub_data)}}
+    stub_layout = _split_stub(stub_data, stub_path)
     model_member = ff.place_model(stub_layout, source.file_name, source.size)
     # The manifest holds the model's hash, known only after the copy; a
     # placeholder of the same length fixes every offset before writing starts.
@@ -121,11 +137,16 @@ def build(source: Source, options: BuildOptions, stub: StubInfo) -> BuildResult:
     plan = ff.plan_file(stub_layout, model_member, len(ff.encode_manifest(placeholder)), len(args_bytes))
     head, tail = stub_layout.relocated(plan.shift)
 
-    def check_embedded(temp: Path) -> None:
+    def check_copy(temp: Path) -> None:
+        if expected_sha256 is not None and digests.sha256 != expected_sha256:
+            raise SourceError(
+                f"the weights read from {source.label} do not match its manifest's sha256; "
+                "run `llamapack verify` on it"
+            )
         if source.in_place is None:  # compressed source: check the copy before keeping it
             check_vocabulary_at(ModelSource(temp, plan.model.data_at), source.label)
 
-    with atomic_output(output, check_embedded) as target, _open_source(source) as model:
+    with atomic_output(output, check_copy) as target, _open_source(source) as model:
         target.write(head)
         target.write(bytes(plan.model.header_at - stub_layout.insert_at))
         target.write(plan.model.local_header())
@@ -150,7 +171,16 @@ def build(source: Source, options: BuildOptions, stub: StubInfo) -> BuildResult:
         # The model's CRC is known only after the copy: patch its header.
         target.seek(plan.model.header_at)
         target.write(plan.model.local_header())
-    return BuildResult(output, manifest, header, output.stat().st_size)
+    return BuildResult(output, manifest, source.header, output.stat().st_size)
+
+
+def engine_info() -> dict[str, str]:
+    """The engine this llamapack puts into files (the stub's hash is added when writing)."""
+    return {"llamapack": __version__, "llama_cpp_python": llama_cpp_version(), "target": target_name()}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @contextlib.contextmanager
@@ -170,7 +200,7 @@ def _split_stub(data: bytes, path: Path) -> ff.Stub:
         raise RuntimeStubError(f"{path}: {exc}") from None
 
 
-def _read_stub(path: Path) -> bytes:
+def read_stub(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -181,9 +211,9 @@ def _manifest(
     name: str,
     source: Source,
     chat_template: dict[str, Any],
-    stub: bytes,
     options: BuildOptions,
 ) -> dict[str, Any]:
+    """Everything but the model's sha256 and offset, which the copy fills in."""
     header = source.header
     defaults = {
         "ctx_size": options.ctx_size,
@@ -194,12 +224,7 @@ def _manifest(
     return {
         "format": ff.FORMAT_VERSION,
         "name": name,
-        "runtime": {
-            "llamapack": __version__,
-            "llama_cpp_python": llama_cpp_version(),
-            "target": target_name(),
-            "stub_sha256": hashlib.sha256(stub).hexdigest(),
-        },
+        "runtime": engine_info(),
         "source": source.provenance,
         "model": {
             "file": source.file_name,

@@ -252,6 +252,43 @@ def unpack(file: Path, output: Path | None, force: bool) -> None:
     _echo(f"Wrote {written} (checked against the manifest's sha256)")
 
 
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path),
+    help="Write the upgraded file here and leave FILE untouched (default: replace FILE).",
+)  # fmt: skip
+@_runtime_option
+@_quiet_option
+@_domain_errors
+def upgrade(file: Path, output: Path | None, runtime: Path | None) -> None:
+    """Rebuild FILE around this llamapack's runtime, keeping its model and settings.
+
+    The weights stay byte for byte, and so do the default arguments and the
+    manifest's description of the model; the engine (llamapack, llama.cpp)
+    is replaced. Refused when the new engine cannot load the model.
+
+    \b
+    Examples:
+      llamapack upgrade dist/model
+      llamapack upgrade old-model -o new-model
+    """
+    from .provenance import open_layout
+    from .stub import ensure_stub
+    from .upgrade import upgrade as upgrade_file
+
+    started = time.perf_counter()
+    before = open_layout(file).manifest.get("runtime", {})
+    stub = ensure_stub(runtime)
+    result = upgrade_file(file, output, stub)
+    after = result.manifest["runtime"]
+    _echo(
+        f"Upgraded {result.output} in {time.perf_counter() - started:.1f} s: "
+        f"llamapack {before.get('llamapack')} -> {after['llamapack']}, "
+        f"llama-cpp-python {before.get('llama_cpp_python')} -> {after['llama_cpp_python']}"
+    )
+
+
 def _source_text(source: dict[str, Any]) -> str:
     if source.get("type") == "huggingface":
         return f"hf://{source['repo']}/{source['file']}@{source.get('commit') or source['revision']}"

@@ -1,0 +1,60 @@
+"""Put a newer runtime into an existing built file, keeping its model and settings.
+
+llamafile users hit "unknown model architecture" when a file's engine is older
+than its model family; an upgrade is a copy job (no PyInstaller run when the
+stub is cached) that keeps the weights byte for byte, the `.args` and every
+manifest field describing the model, and swaps the engine around them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llamapack.runtime.model import ModelSource
+
+from .assemble import BuildResult, engine_info, read_stub, write_file
+from .errors import OutputError
+from .gguf_header import read_header_from_stream
+from .provenance import open_layout
+from .sources import Source, check_vocabulary
+from .stub import StubInfo
+
+
+def upgrade(file: Path, output: Path | None, stub: StubInfo) -> BuildResult:
+    layout = open_layout(file)
+    target = output or file
+    if output is not None and output.exists() and output.resolve() == file.resolve():
+        target = file
+    if target.is_dir():
+        raise OutputError(f"{target} is a directory; give the upgraded file's path")
+
+    def open_model() -> object:
+        raw = file.open("rb", buffering=0)
+        raw.seek(layout.model_offset)
+        return raw
+
+    with file.open("rb") as raw:
+        raw.seek(layout.model_offset)
+        header = read_header_from_stream(raw, layout.model_size, f"{file}:{layout.model_name}")
+    source = Source(
+        label=str(file),
+        file_name=layout.model_name,
+        size=layout.model_size,
+        header=header,
+        open=open_model,  # type: ignore[arg-type]
+        in_place=ModelSource(file, layout.model_offset),
+        provenance=layout.manifest.get("source", {}),
+    )
+    # The new engine must know this model (vocab-only load with the new llama.cpp).
+    check_vocabulary(source)
+    manifest = {**layout.manifest, "runtime": engine_info()}
+    manifest["model"] = {k: v for k, v in manifest["model"].items() if k not in ("sha256", "offset")}
+    return write_file(
+        source,
+        target,
+        manifest,
+        layout.args,
+        read_stub(stub.path),
+        stub.path,
+        expected_sha256=layout.manifest["model"]["sha256"],
+    )
