@@ -29,7 +29,9 @@ STUB_NAME = "llamapack-runtime"
 _LINUX_LIBS = ("libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0")
 # Modules PyInstaller would otherwise pull in through optional imports.
 _EXCLUDES = ("tkinter", "IPython", "matplotlib", "pytest", "PIL", "pandas", "scipy", "gguf",
-             "click", "tqdm", "platformdirs", "PyInstaller", "setuptools", "pip")  # fmt: skip
+             "click", "tqdm", "platformdirs", "PyInstaller", "setuptools", "pip", "numpy",
+             "diskcache", "pydantic", "pydantic_core", "yaml", "openai", "huggingface_hub", "sqlite3",
+             "llama_cpp.llama", "llama_cpp.server", "llama_cpp.llama_chat_format")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,8 @@ def _package_dir(package: str) -> Path:
 
 
 def _sources_digest() -> str:
-    """Hash of the runtime and UI sources: an edited runtime gets a new stub."""
-    digest = hashlib.sha256()
+    """Hash of the runtime and UI sources and of this recipe: any change gets a new stub."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
     for package in ("llamapack.runtime", "llamapack.templates"):
         root = _package_dir(package)
         for path in sorted(root.rglob("*")):
@@ -135,7 +137,25 @@ def _stage_sources(root: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(_package_dir("llamapack.runtime"), package / "runtime", ignore=ignore)
     shutil.copytree(_package_dir("llamapack.templates"), package / "templates", ignore=ignore)
+    _stage_llama_cpp(root / "llama_cpp")
     return root
+
+
+def _stage_llama_cpp(target: Path) -> None:
+    """llama_cpp's own `__init__` imports the high-level `Llama` class and with it
+    numpy (35 MB that every launch would unpack). The runtime uses only the
+    low-level bindings, so the stub gets the package with a lean `__init__`."""
+    import llama_cpp
+
+    source = Path(llama_cpp.__file__).parent
+    target.mkdir(parents=True)
+    for module in source.glob("*.py"):
+        if module.name != "__init__.py":
+            shutil.copy2(module, target / module.name)
+    target.joinpath("__init__.py").write_text(
+        "# Staged by llamapack: the low-level bindings only (see builder/stub.py).\n"
+        f"__version__ = {llama_cpp_version()!r}\n"
+    )
 
 
 def _library_args() -> list[str]:
