@@ -29,7 +29,7 @@ STUB_NAME = "llamapack-runtime"
 _LINUX_LIBS = ("libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0")
 # Modules PyInstaller would otherwise pull in through optional imports.
 _EXCLUDES = ("tkinter", "IPython", "matplotlib", "pytest", "PIL", "pandas", "scipy", "gguf",
-             "click", "tqdm", "platformdirs", "PyInstaller", "setuptools", "pip", "numpy",
+             "click", "tqdm", "platformdirs", "PyInstaller", "setuptools", "pip",
              "diskcache", "pydantic", "pydantic_core", "yaml", "openai", "huggingface_hub", "sqlite3",
              "llama_cpp.llama", "llama_cpp.server", "llama_cpp.llama_chat_format")  # fmt: skip
 
