@@ -1,110 +1,787 @@
-"use strict";
-// A minimal streaming chat client for the OpenAI-compatible API served beside it.
-// Text is only ever inserted with textContent, never as HTML.
-const messagesEl = document.getElementById("messages");
-const form = document.getElementById("composer");
-const promptEl = document.getElementById("prompt");
-const sendBtn = document.getElementById("send");
-const stopBtn = document.getElementById("stop");
-const statusEl = document.getElementById("status");
-const history = [];
-let controller = null;
+// The chat page: conversations in localStorage, replies streamed from the
+// OpenAI-compatible API served beside this file. No framework, no build step.
+// User text is only ever inserted as text; model text goes through
+// markdown.js, which builds DOM nodes and never parses HTML.
+import { renderMarkdown } from "./markdown.js";
 
-function addMessage(role, text) {
-  const el = document.createElement("div");
-  el.className = `message ${role}`;
-  const body = document.createElement("span");
-  body.textContent = text;
-  el.append(body);
-  messagesEl.append(el);
-  messagesEl.scrollTop = messagesEl.scrollHeight;
-  return el;
-}
+const $ = (id) => document.getElementById(id);
+const ui = {
+  app: $("app"), sidebar: $("sidebar"), backdrop: $("backdrop"), toggleSidebar: $("toggle-sidebar"),
+  closeSidebar: $("close-sidebar"), newChat: $("new-chat"), chatList: $("chat-list"),
+  chatListEmpty: $("chat-list-empty"), title: $("chat-title"), modelName: $("model-name"),
+  status: $("status"), messages: $("messages"), welcome: $("welcome"),
+  welcomeModel: $("welcome-model"), log: $("log"), error: $("error"), errorText: $("error-text"),
+  errorDetail: $("error-detail"), retry: $("retry"), dismissError: $("dismiss-error"),
+  composer: $("composer"), prompt: $("prompt"), send: $("send"), stop: $("stop"),
+  settings: $("settings"), settingsForm: $("settings-form"), openSettings: $("open-settings"),
+  resetSettings: $("reset-settings"), modelInfo: $("model-info"),
+};
 
-async function waitForModel() {
-  for (;;) {
-    try {
-      const health = await fetch("/health");
-      if (health.ok) break;
-      statusEl.textContent = "loading model…";
-    } catch { statusEl.textContent = "server unreachable, retrying…"; }
-    await new Promise((r) => setTimeout(r, 500));
+const CHATS_KEY = "llamapack.chats.v1";
+const CURRENT_KEY = "llamapack.current.v1";
+const SETTINGS_KEY = "llamapack.settings.v1";
+// The server's own sampling defaults; a reply length limit keeps a small model
+// from rambling until the context is full.
+const DEFAULT_SETTINGS = { systemPrompt: "", temperature: 0.8, topP: 0.95, maxTokens: 1024 };
+const NARROW = window.matchMedia("(max-width: 760px)");
+
+const state = {
+  chats: [],
+  currentId: null,
+  settings: { ...DEFAULT_SETTINGS },
+  props: null,
+  // The reply being streamed: { chat, message, controller, view }.
+  streaming: null,
+  retry: null,
+};
+
+// ------------------------------------------------------------------ storage
+
+function readJSON(key, fallback) {
+  try {
+    return JSON.parse(localStorage.getItem(key)) ?? fallback;
+  } catch {
+    return fallback;
   }
-  const props = await (await fetch("/props")).json();
-  document.getElementById("model-name").textContent = props.model_alias;
-  document.title = `${props.model_alias} · llamapack`;
-  statusEl.textContent = "ready";
 }
 
-async function send(text) {
-  history.push({ role: "user", content: text });
-  addMessage("user", text);
-  const reply = addMessage("assistant", "");
-  const body = reply.firstChild;
-  controller = new AbortController();
-  sendBtn.hidden = true; stopBtn.hidden = false;
+function writeJSON(key, value) {
+  try {
+    localStorage.setItem(key, JSON.stringify(value));
+  } catch {
+    setStatus("could not save: the browser's storage is full or disabled");
+  }
+}
+
+function loadState() {
+  state.settings = { ...DEFAULT_SETTINGS, ...readJSON(SETTINGS_KEY, {}) };
+  const chats = readJSON(CHATS_KEY, []);
+  state.chats = Array.isArray(chats) ? chats.filter(isChat).map(cleanChat) : [];
+  const current = localStorage.getItem(CURRENT_KEY);
+  state.currentId = state.chats.some((chat) => chat.id === current) ? current : null;
+}
+
+function isChat(chat) {
+  return chat && typeof chat.id === "string" && Array.isArray(chat.messages);
+}
+
+// A reply cut short by closing the tab was saved mid-stream: keep what came.
+function cleanChat(chat) {
+  chat.messages = chat.messages.filter(
+    (m) => m && typeof m.content === "string" && (m.role === "user" || m.content),
+  );
+  for (const message of chat.messages) delete message.pending;
+  return chat;
+}
+
+function saveChats() {
+  // A new chat is saved only once it has a message, so "New chat" leaves no clutter.
+  writeJSON(CHATS_KEY, state.chats.filter((chat) => chat.messages.length));
+  if (state.currentId) localStorage.setItem(CURRENT_KEY, state.currentId);
+  else localStorage.removeItem(CURRENT_KEY);
+}
+
+// ------------------------------------------------------------------ chats
+
+function currentChat() {
+  return state.chats.find((chat) => chat.id === state.currentId) ?? null;
+}
+
+function createChat() {
+  const id = crypto.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(16).slice(2)}`;
+  const chat = { id, title: "New chat", titled: false, updated: Date.now(), messages: [] };
+  state.chats.push(chat);
+  state.currentId = id;
+  return chat;
+}
+
+function titleFrom(text) {
+  const line = text.trim().split("\n")[0];
+  return line.length > 48 ? `${line.slice(0, 47)}…` : line || "New chat";
+}
+
+function touch(chat) {
+  chat.updated = Date.now();
+  if (!chat.titled) {
+    const first = chat.messages.find((m) => m.role === "user");
+    chat.title = first ? titleFrom(first.content) : "New chat";
+  }
+}
+
+function selectChat(id) {
+  state.currentId = id;
+  saveChats();
+  hideError();
+  renderAll();
+  if (NARROW.matches) setSidebar(false);
+  ui.prompt.focus();
+}
+
+function startNewChat() {
+  state.currentId = null;
+  saveChats();
+  hideError();
+  renderAll();
+  if (NARROW.matches) setSidebar(false);
+  ui.prompt.focus();
+}
+
+function deleteChat(id) {
+  if (state.streaming?.chat.id === id) state.streaming.controller.abort();
+  state.chats = state.chats.filter((chat) => chat.id !== id);
+  if (state.currentId === id) {
+    state.currentId = sortedChats()[0]?.id ?? null;
+    hideError();
+  }
+  saveChats();
+  renderAll();
+}
+
+function renameChat(chat, title) {
+  const clean = title.trim();
+  if (clean) {
+    chat.title = clean.slice(0, 120);
+    chat.titled = true;
+    saveChats();
+  }
+  renderAll();
+}
+
+function sortedChats() {
+  return state.chats.filter((c) => c.messages.length).sort((a, b) => b.updated - a.updated);
+}
+
+// ------------------------------------------------------------------ sidebar
+
+function renderChatList() {
+  const chats = sortedChats();
+  ui.chatListEmpty.hidden = chats.length > 0;
+  ui.chatList.replaceChildren(...chats.map(chatListItem));
+}
+
+function chatListItem(chat) {
+  const item = document.createElement("li");
+  item.className = "chat-item";
+  const open = button(chat.title, "chat-open", () => selectChat(chat.id));
+  open.title = chat.title;
+  if (chat.id === state.currentId) {
+    item.classList.add("current");
+    open.setAttribute("aria-current", "true");
+  }
+  const rename = button("✎", "icon-button small-icon", () => startRename(item, chat));
+  rename.setAttribute("aria-label", `Rename “${chat.title}”`);
+  const remove = button("×", "icon-button small-icon", () => confirmDelete(remove, chat));
+  remove.setAttribute("aria-label", `Delete “${chat.title}”`);
+  // The first click on delete asks; moving away cancels.
+  remove.addEventListener("blur", () => resetDelete(remove, chat));
+  item.append(open, rename, remove);
+  return item;
+}
+
+function button(text, className, onClick) {
+  const node = document.createElement("button");
+  node.type = "button";
+  node.className = className;
+  node.textContent = text;
+  node.addEventListener("click", onClick);
+  return node;
+}
+
+function confirmDelete(remove, chat) {
+  if (remove.classList.contains("confirm")) {
+    deleteChat(chat.id);
+    return;
+  }
+  remove.classList.add("confirm");
+  remove.textContent = "Delete?";
+  remove.setAttribute("aria-label", `Press again to delete “${chat.title}”`);
+}
+
+function resetDelete(remove, chat) {
+  remove.classList.remove("confirm");
+  remove.textContent = "×";
+  remove.setAttribute("aria-label", `Delete “${chat.title}”`);
+}
+
+function startRename(item, chat) {
+  const input = document.createElement("input");
+  input.type = "text";
+  input.className = "rename-input";
+  input.value = chat.title;
+  input.setAttribute("aria-label", "New name for the conversation");
+  let done = false;
+  const finish = (save) => {
+    if (done) return;
+    done = true;
+    if (save) renameChat(chat, input.value);
+    else renderChatList();
+  };
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") finish(true);
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      finish(false);
+    }
+  });
+  input.addEventListener("blur", () => finish(true));
+  item.replaceChildren(input);
+  input.focus();
+  input.select();
+}
+
+function setSidebar(open) {
+  ui.app.dataset.sidebar = open ? "open" : "closed";
+  ui.toggleSidebar.setAttribute("aria-expanded", String(open));
+  ui.backdrop.hidden = !(open && NARROW.matches);
+}
+
+// ------------------------------------------------------------------ messages
+
+function renderAll() {
+  const chat = currentChat();
+  ui.title.textContent = chat ? chat.title : "New chat";
+  document.title = `${chat ? chat.title : "New chat"} · ${modelAlias()}`;
+  renderChatList();
+  renderMessages();
+}
+
+function renderMessages() {
+  const chat = currentChat();
+  const messages = chat ? chat.messages : [];
+  ui.welcome.hidden = messages.length > 0;
+  ui.log.replaceChildren(...messages.map((message, index) => messageView(chat, message, index)));
+  scrollToEnd(true);
+}
+
+function messageView(chat, message, index) {
+  const view = document.createElement("article");
+  view.className = `message ${message.role}`;
+  const who = document.createElement("h2");
+  who.className = "visually-hidden";
+  who.textContent = message.role === "user" ? "You said:" : "The model said:";
+  const content = document.createElement("div");
+  content.className = "content";
+  const meta = document.createElement("p");
+  meta.className = "meta";
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  view.append(who, content, meta, actions);
+  if (message.pending) {
+    state.streaming.view = view;
+    view.classList.add("streaming");
+    view.setAttribute("aria-busy", "true");
+  }
+  fillContent(view, message);
+  fillMeta(view, message);
+  fillActions(view, chat, message, index);
+  return view;
+}
+
+function fillContent(view, message) {
+  const content = view.querySelector(".content");
+  if (message.role === "user") content.textContent = message.content;
+  else content.replaceChildren(renderMarkdown(message.content));
+}
+
+function fillMeta(view, message) {
+  const meta = view.querySelector(".meta");
+  meta.textContent = message.meta ? describeMeta(message.meta) : "";
+  meta.hidden = !meta.textContent;
+}
+
+function describeMeta(meta) {
+  const parts = [];
+  if (meta.completionTokens != null) parts.push(`${meta.completionTokens} tokens`);
+  if (meta.tokensPerSecond) parts.push(`${meta.tokensPerSecond.toFixed(1)} tokens/s`);
+  if (meta.promptTokens != null) parts.push(`prompt ${meta.promptTokens} tokens`);
+  if (meta.stopped) parts.push("stopped");
+  else if (meta.finish === "length") parts.push("cut off at the length limit");
+  return parts.join(" · ");
+}
+
+function fillActions(view, chat, message, index) {
+  const actions = view.querySelector(".actions");
+  const isLast = index === chat.messages.length - 1;
+  const copy = button("Copy", "link-button", () => copyText(message.content, copy));
+  copy.setAttribute("aria-label", "Copy this message");
+  actions.append(copy);
+  if (message.role === "user") {
+    const edit = button("Edit", "link-button needs-idle", () => startEdit(view, chat, index));
+    edit.setAttribute("aria-label", "Edit this message and send it again");
+    actions.append(edit);
+  } else if (isLast) {
+    const again = button("Regenerate", "link-button needs-idle", () => regenerate(chat));
+    again.setAttribute("aria-label", "Write this reply again");
+    actions.append(again);
+  }
+  actions.hidden = Boolean(message.pending);
+}
+
+function startEdit(view, chat, index) {
+  if (state.streaming) return;
+  const editor = document.createElement("form");
+  editor.className = "editor";
+  const area = document.createElement("textarea");
+  area.value = chat.messages[index].content;
+  area.setAttribute("aria-label", "Edit your message");
+  area.rows = Math.min(12, area.value.split("\n").length + 1);
+  const save = button("Save and send", "primary", () => editor.requestSubmit());
+  save.type = "submit";
+  const cancel = button("Cancel", "", () => renderMessages());
+  const buttons = document.createElement("div");
+  buttons.className = "editor-actions";
+  buttons.append(save, cancel);
+  editor.append(area, buttons);
+  editor.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = area.value.trim();
+    if (!text || state.streaming) return;
+    // Everything after the edited message answered the old text, so it goes.
+    chat.messages.splice(index, chat.messages.length - index, { role: "user", content: text });
+    touch(chat);
+    saveChats();
+    renderAll();
+    generate(chat);
+  });
+  area.addEventListener("keydown", (event) => {
+    if (isSendKey(event)) {
+      event.preventDefault();
+      editor.requestSubmit();
+    } else if (event.key === "Escape") {
+      renderMessages();
+      ui.prompt.focus();
+    }
+  });
+  view.querySelector(".content").replaceChildren(editor);
+  view.querySelector(".actions").hidden = true;
+  area.focus();
+}
+
+function regenerate(chat) {
+  if (state.streaming) return;
+  if (chat.messages.at(-1)?.role === "assistant") chat.messages.pop();
+  saveChats();
+  renderMessages();
+  generate(chat);
+}
+
+async function copyText(text, source) {
+  try {
+    await navigator.clipboard.writeText(text);
+    flash(source, "Copied");
+  } catch {
+    flash(source, "Copy failed");
+  }
+}
+
+function flash(source, text) {
+  const label = source.textContent;
+  source.textContent = text;
+  setTimeout(() => { source.textContent = label; }, 1500);
+}
+
+// Keep the newest text in view, unless the reader scrolled up to read.
+function scrollToEnd(force = false) {
+  const box = ui.messages;
+  const nearEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 120;
+  if (force || nearEnd) box.scrollTop = box.scrollHeight;
+}
+
+// ------------------------------------------------------------------ generation
+
+function isSendKey(event) {
+  return event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229;
+}
+
+function submitPrompt() {
+  const text = ui.prompt.value.trim();
+  if (!text || state.streaming) return;
+  const chat = currentChat() ?? createChat();
+  chat.messages.push({ role: "user", content: text });
+  touch(chat);
+  ui.prompt.value = "";
+  fitPrompt();
+  saveChats();
+  hideError();
+  renderAll();
+  generate(chat);
+}
+
+function requestBody(chat) {
+  const { systemPrompt, temperature, topP, maxTokens } = state.settings;
+  const messages = chat.messages
+    .filter((m) => !m.pending)
+    .map(({ role, content }) => ({ role, content }));
+  if (systemPrompt.trim()) messages.unshift({ role: "system", content: systemPrompt });
+  const body = {
+    messages,
+    stream: true,
+    stream_options: { include_usage: true },
+    temperature,
+    top_p: topP,
+  };
+  if (maxTokens) body.max_tokens = maxTokens;
+  return body;
+}
+
+async function generate(chat) {
+  hideError();
+  const message = { role: "assistant", content: "", pending: true };
+  const controller = new AbortController();
+  const body = requestBody(chat);
+  chat.messages.push(message);
+  state.streaming = { chat, message, controller, view: null };
+  setBusy(true);
+  if (chat.id === state.currentId) renderMessages();
+
   const started = performance.now();
-  let tokens = 0, content = "";
+  let deltas = 0;
+  let failure = null;
+  const result = { timings: null, usage: null, finish: null };
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ messages: history, stream: true, stream_options: { include_usage: true } }),
+      body: JSON.stringify(body),
       signal: controller.signal,
     });
-    if (!response.ok) {
-      const err = await response.json().catch(() => ({}));
-      throw new Error(err.error?.message || `the server answered ${response.status}`);
-    }
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const line = buffer.slice(0, cut).trim();
-        buffer = buffer.slice(cut + 2);
-        if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
-        const chunk = JSON.parse(line.slice(6));
-        const delta = chunk.choices?.[0]?.delta?.content;
-        if (delta) { content += delta; body.textContent = content; tokens++; }
-        if (chunk.usage) tokens = chunk.usage.completion_tokens;
-        if (chunk.error) throw new Error(chunk.error.message);
+    if (!response.ok) throw await httpError(response);
+    await readEvents(response, (chunk) => {
+      const choice = chunk.choices?.[0];
+      if (choice?.delta?.content) {
+        message.content += choice.delta.content;
+        deltas++;
+        scheduleRender();
       }
-      messagesEl.scrollTop = messagesEl.scrollHeight;
-    }
-  } catch (err) {
-    if (err.name !== "AbortError") {
-      reply.classList.add("error");
-      body.textContent = content + (content ? "\n" : "") + `Error: ${err.message}`;
-    }
-  } finally {
-    const seconds = (performance.now() - started) / 1000;
-    const meta = document.createElement("small");
-    meta.className = "meta";
-    meta.textContent = `${tokens} tokens · ${(tokens / seconds).toFixed(1)} tokens/s`;
-    reply.append(meta);
-    history.push({ role: "assistant", content });
-    controller = null;
-    sendBtn.hidden = false; stopBtn.hidden = true;
-    promptEl.focus();
+      if (choice?.finish_reason) result.finish = choice.finish_reason;
+      if (chunk.timings) result.timings = chunk.timings;
+      if (chunk.usage) result.usage = chunk.usage;
+      if (chunk.error) throw new ChatError("stream", chunk.error.message);
+    });
+  } catch (error) {
+    if (error.name !== "AbortError") failure = error;
+  }
+
+  const stopped = controller.signal.aborted;
+  const seconds = (performance.now() - started) / 1000;
+  message.meta = {
+    completionTokens: result.usage?.completion_tokens ?? result.timings?.predicted_n ?? deltas,
+    promptTokens: result.usage?.prompt_tokens ?? result.timings?.prompt_n ?? null,
+    tokensPerSecond: result.timings?.predicted_per_second ?? (seconds > 0 ? deltas / seconds : 0),
+    finish: result.finish,
+    stopped,
+  };
+  delete message.pending;
+  if (!message.content) chat.messages.splice(chat.messages.indexOf(message), 1);
+  state.streaming = null;
+  touch(chat);
+  saveChats();
+  setBusy(false);
+  if (chat.id === state.currentId) {
+    renderAll();
+    if (failure) showError(failure, () => retry(chat));
   }
 }
 
-form.addEventListener("submit", (event) => {
-  event.preventDefault();
-  const text = promptEl.value.trim();
-  if (!text || controller) return;
-  promptEl.value = "";
-  send(text);
-});
-promptEl.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-    event.preventDefault();
-    form.requestSubmit();
+// Retry drops a partial reply and asks again for the last user message.
+function retry(chat) {
+  hideError();
+  if (state.streaming) return;
+  if (chat.messages.at(-1)?.role === "assistant") chat.messages.pop();
+  if (chat.messages.at(-1)?.role !== "user") return;
+  renderMessages();
+  generate(chat);
+}
+
+// Re-rendering markdown on every token would be wasted work: once a frame is enough.
+let renderQueued = false;
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    const streaming = state.streaming;
+    if (!streaming?.view || !streaming.view.isConnected) return;
+    fillContent(streaming.view, streaming.message);
+    scrollToEnd();
+  });
+}
+
+/** Calls onChunk with each JSON payload of a server-sent event stream. */
+async function readEvents(response, onChunk) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    const events = buffer.split(/\r?\n\r?\n/);
+    buffer = events.pop();
+    for (const event of events) {
+      const data = event
+        .split(/\r?\n/)
+        .filter((line) => line.startsWith("data:"))
+        .map((line) => line.slice(5).trimStart())
+        .join("\n");
+      if (!data || data === "[DONE]") continue;
+      onChunk(JSON.parse(data));
+    }
   }
-});
-stopBtn.addEventListener("click", () => controller?.abort());
-waitForModel();
+}
+
+function setBusy(busy) {
+  ui.send.hidden = busy;
+  ui.stop.hidden = !busy;
+  ui.app.classList.toggle("is-generating", busy);
+  // Stop replaces Send under the pointer, so keep keyboard focus on it.
+  if (busy && document.activeElement === ui.send) ui.stop.focus();
+  if (!busy && document.activeElement === ui.stop) ui.prompt.focus();
+}
+
+function stopGenerating() {
+  state.streaming?.controller.abort();
+}
+
+// ------------------------------------------------------------------ errors
+
+class ChatError extends Error {
+  constructor(kind, detail, extra = {}) {
+    super(detail);
+    this.kind = kind;
+    this.detail = detail;
+    Object.assign(this, extra);
+  }
+}
+
+async function httpError(response) {
+  const body = await response.json().catch(() => ({}));
+  const detail = body?.error?.message || `the server answered ${response.status}`;
+  if (response.status === 400 && /context/i.test(detail)) return new ChatError("context", detail);
+  if (response.status === 503) {
+    const kind = /load/i.test(detail) ? "loading" : "busy";
+    return new ChatError(kind, detail, { retryAfter: response.headers.get("Retry-After") });
+  }
+  return new ChatError("server", detail, { status: response.status });
+}
+
+function explain(error) {
+  switch (error.kind) {
+    case "context": {
+      const size = state.props?.n_ctx ? ` (${state.props.n_ctx} tokens)` : "";
+      return "This conversation is too long for the model's memory" + size +
+        ". Start a new chat, or edit an earlier message to make it shorter.";
+    }
+    case "busy": {
+      const wait = Number(error.retryAfter) > 0 ? ` about ${error.retryAfter} s` : " a moment";
+      return `The model is busy answering other requests. Wait${wait}, then retry.`;
+    }
+    case "loading":
+      return "The model is still loading. Retry in a moment.";
+    case "stream":
+      return "The model stopped with an error before finishing its reply.";
+    case "server":
+      return "The server could not answer this request.";
+    default:
+      // fetch() rejects with a TypeError when the connection fails.
+      return "Cannot reach the model server. It may have been closed: start it again, then retry.";
+  }
+}
+
+function showError(error, onRetry) {
+  state.retry = onRetry;
+  ui.errorText.textContent = explain(error);
+  ui.errorDetail.textContent = error.kind ? `Details: ${error.detail}` : "";
+  ui.errorDetail.hidden = !error.kind;
+  ui.error.hidden = false;
+  scrollToEnd(true);
+  if (!error.kind) watchServer();
+}
+
+function hideError() {
+  ui.error.hidden = true;
+  state.retry = null;
+}
+
+// ------------------------------------------------------------------ server status
+
+function setStatus(text) {
+  ui.status.textContent = text;
+}
+
+function modelAlias() {
+  return state.props?.model_alias || "llamapack";
+}
+
+let watching = false;
+/** Polls /health until the model answers, showing why it does not yet. */
+async function watchServer() {
+  if (watching) return;
+  watching = true;
+  for (;;) {
+    try {
+      const health = await fetch("/health", { cache: "no-store" });
+      if (health.ok) break;
+      const body = await health.json().catch(() => ({}));
+      setStatus(body.status === "error" ? `cannot load the model: ${body.error}` : "loading the model…");
+    } catch {
+      setStatus("server unreachable, retrying…");
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  watching = false;
+  setStatus("ready");
+  await loadProps();
+}
+
+async function loadProps() {
+  try {
+    const response = await fetch("/props", { cache: "no-store" });
+    if (!response.ok) return;
+    state.props = await response.json();
+  } catch {
+    return;
+  }
+  ui.modelName.textContent = modelAlias();
+  ui.welcomeModel.textContent = state.props.manifest?.model?.name || modelAlias();
+  renderModelInfo();
+  renderAll();
+}
+
+function renderModelInfo() {
+  const props = state.props ?? {};
+  const model = props.manifest?.model ?? {};
+  const rows = [
+    ["Name", model.name || props.model_alias],
+    ["Architecture", model.architecture],
+    ["Parameters", model.parameters && formatCount(model.parameters)],
+    ["Quantization", model.quantization],
+    ["File size", model.size && formatBytes(model.size)],
+    ["Trained context", model.context_length && `${model.context_length} tokens`],
+    ["Context in use", props.n_ctx && `${props.n_ctx} tokens`],
+    ["Parallel slots", props.total_slots],
+    ["Chat template", props.chat_template],
+  ];
+  const nodes = [];
+  for (const [label, value] of rows) {
+    if (value == null || value === "") continue;
+    const term = document.createElement("dt");
+    term.textContent = label;
+    const detail = document.createElement("dd");
+    detail.textContent = String(value);
+    nodes.push(term, detail);
+  }
+  ui.modelInfo.replaceChildren(...nodes);
+}
+
+function formatCount(n) {
+  if (typeof n !== "number") return String(n);
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)} B`;
+  if (n >= 1e6) return `${Math.round(n / 1e6)} M`;
+  return n.toLocaleString();
+}
+
+function formatBytes(n) {
+  if (typeof n !== "number") return String(n);
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`;
+  return `${(n / 2 ** 20).toFixed(0)} MiB`;
+}
+
+// ------------------------------------------------------------------ settings
+
+const FIELDS = [
+  // [settings key, input id, parse]
+  ["systemPrompt", "system-prompt", (v) => v],
+  ["temperature", "temperature", (v) => clampNumber(v, 0, 2, DEFAULT_SETTINGS.temperature)],
+  ["topP", "top-p", (v) => clampNumber(v, 0, 1, DEFAULT_SETTINGS.topP)],
+  ["maxTokens", "max-tokens", (v) => (v.trim() ? Math.round(clampNumber(v, 1, 1e9, 1)) : null)],
+];
+
+function clampNumber(text, low, high, fallback) {
+  const value = Number.parseFloat(text);
+  return Number.isFinite(value) ? Math.min(high, Math.max(low, value)) : fallback;
+}
+
+function fillSettingsForm() {
+  for (const [key, id] of FIELDS) $(id).value = state.settings[key] ?? "";
+}
+
+function readSettingsForm() {
+  for (const [key, id, parse] of FIELDS) state.settings[key] = parse($(id).value);
+  writeJSON(SETTINGS_KEY, state.settings);
+}
+
+function openSettings() {
+  fillSettingsForm();
+  ui.settings.showModal();
+}
+
+// ------------------------------------------------------------------ wiring
+
+function fitPrompt() {
+  // Grow with the text up to a third of the screen, then scroll.
+  ui.prompt.style.height = "auto";
+  ui.prompt.style.height = `${Math.min(ui.prompt.scrollHeight + 2, window.innerHeight / 3)}px`;
+}
+
+function wire() {
+  ui.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submitPrompt();
+  });
+  ui.prompt.addEventListener("keydown", (event) => {
+    if (isSendKey(event)) {
+      event.preventDefault();
+      submitPrompt();
+    }
+  });
+  ui.prompt.addEventListener("input", fitPrompt);
+  ui.stop.addEventListener("click", stopGenerating);
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || ui.settings.open) return;
+    if (state.streaming) stopGenerating();
+    else if (NARROW.matches && ui.app.dataset.sidebar === "open") {
+      setSidebar(false);
+      ui.toggleSidebar.focus();
+    }
+  });
+  ui.newChat.addEventListener("click", startNewChat);
+  ui.toggleSidebar.addEventListener("click", () => setSidebar(ui.app.dataset.sidebar !== "open"));
+  ui.closeSidebar.addEventListener("click", () => {
+    setSidebar(false);
+    ui.toggleSidebar.focus();
+  });
+  ui.backdrop.addEventListener("click", () => setSidebar(false));
+  NARROW.addEventListener("change", () => setSidebar(!NARROW.matches));
+  ui.retry.addEventListener("click", () => state.retry?.());
+  ui.dismissError.addEventListener("click", () => {
+    hideError();
+    ui.prompt.focus();
+  });
+  // Copy buttons of code blocks are made by markdown.js; one listener serves them all.
+  ui.log.addEventListener("click", (event) => {
+    const copy = event.target.closest(".copy-code");
+    if (copy) copyText(copy.closest(".code-block").querySelector("code").textContent, copy);
+  });
+  ui.openSettings.addEventListener("click", openSettings);
+  ui.settingsForm.addEventListener("input", readSettingsForm);
+  ui.settingsForm.addEventListener("submit", readSettingsForm);
+  ui.resetSettings.addEventListener("click", () => {
+    state.settings = { ...DEFAULT_SETTINGS };
+    writeJSON(SETTINGS_KEY, state.settings);
+    fillSettingsForm();
+  });
+  // Another tab changed the saved conversations: show them, unless busy here.
+  window.addEventListener("storage", (event) => {
+    if (state.streaming || ![CHATS_KEY, SETTINGS_KEY].includes(event.key)) return;
+    loadState();
+    renderAll();
+  });
+}
+
+loadState();
+wire();
+setSidebar(!NARROW.matches);
+renderAll();
+watchServer();
+ui.prompt.focus();
