@@ -4,14 +4,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
-# A portable llama.cpp: the native build (-march=native) crashes in ggml's AMX
-# kernels on some CPUs, and a file you hand to a colleague must run on theirs.
-export CMAKE_ARGS := -DGGML_NATIVE=OFF
-# Compiling llama.cpp takes minutes, so the portable wheel is kept per Python
-# version in a folder whose name says how it was built (pip's own cache does
-# not key wheels by CMAKE_ARGS, so it could hand back a native build).
+# A portable llama.cpp with CPU dispatch: never -march=native (a native build
+# crashes in ggml's AMX kernels on some CPUs, and a file you hand to a colleague
+# must run on theirs), but one CPU backend library per instruction set (x64,
+# sse42, haswell, skylakex, icelake, zen4, sapphirerapids, ...); runtime/cpu.py
+# loads the best safe one for the CPU it runs on (see bench/CPU.md).
+export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON
+# Compiling llama.cpp takes minutes (about 8 on 2 cores), so the wheel is kept per
+# Python version in a folder whose name says how it was built (pip's own cache
+# does not key wheels by CMAKE_ARGS, so it could hand back a native build).
 PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-WHEELHOUSE ?= $(HOME)/.cache/llamapack/wheels/llama-cpp-python-0.3.36-portable-$(PY_TAG)
+WHEELHOUSE ?= $(HOME)/.cache/llamapack/wheels/llama-cpp-python-0.3.36-dispatch-$(PY_TAG)
 DEMO_FILE := dist/gemma-3-270m-q4_k_m
 
 .PHONY: setup demo build-demo test test-fast lint format docs bench clean
@@ -22,9 +25,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@if ! ls $(WHEELHOUSE)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
-	  echo "Compiling llama-cpp-python once, portable build (several minutes)..."; \
+	  echo "Compiling llama-cpp-python once, portable build with CPU dispatch (several minutes)..."; \
 	  $(BIN)/pip wheel --quiet --no-cache-dir --no-deps --wheel-dir $(WHEELHOUSE) $(LLAMA_CPP_PYTHON); \
 	fi
+	# An existing venv already "has" 0.3.36, perhaps another build of it: install this one.
+	$(BIN)/pip install --quiet --no-index --no-deps --force-reinstall --find-links $(WHEELHOUSE) $(LLAMA_CPP_PYTHON)
 	$(BIN)/pip install --quiet --find-links $(WHEELHOUSE) --editable '.[dev]'
 	touch $@
 

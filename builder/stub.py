@@ -25,8 +25,11 @@ from .errors import RuntimeStubError
 
 STUB_NAME = "llamapack-runtime"
 # Shared libraries llama_cpp loads by path (libllama.so, libggml.so) and the
-# sonames those need; PyInstaller has no hook for llama_cpp.
-_LINUX_LIBS = ("libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0")
+# sonames those need; PyInstaller has no hook for llama_cpp. The CPU backend is
+# either linked in (libggml-cpu.so.0) or, with GGML_BACKEND_DL, one library per
+# CPU variant that runtime/cpu.py registers: _library_args collects whichever exists.
+_LINUX_LIBS = ("libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0")
+_LINUX_CPU_LIB = "libggml-cpu.so.0"
 # Modules PyInstaller would otherwise pull in through optional imports.
 _EXCLUDES = ("tkinter", "IPython", "matplotlib", "pytest", "PIL", "pandas", "scipy", "gguf",
              "click", "tqdm", "platformdirs", "PyInstaller", "setuptools", "pip",
@@ -159,11 +162,16 @@ def _stage_llama_cpp(target: Path) -> None:
 
 
 def _library_args() -> list[str]:
+    """--add-binary for llama.cpp's libraries, all into llama_cpp/lib of the stub, where
+    llama_cpp loads them and runtime/cpu.py looks first for the CPU variants
+    (llama-cpp-python installs those into site-packages/bin)."""
     import llama_cpp
+    from llamapack.runtime.cpu import discover, search_directories
 
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    variants = list(discover(search_directories()).values())
     if sys.platform.startswith("linux"):
-        names = _LINUX_LIBS
+        names = _LINUX_LIBS + ((_LINUX_CPU_LIB,) if (lib_dir / _LINUX_CPU_LIB).exists() else ())
     else:
         names = tuple(p.name for p in lib_dir.iterdir() if p.is_file())
     args = []
@@ -172,4 +180,9 @@ def _library_args() -> list[str]:
         if not path.exists():
             raise RuntimeStubError(f"llama-cpp-python is missing {path}; reinstall it")
         args += ["--add-binary", f"{path}{os.pathsep}llama_cpp/lib"]
+    if sys.platform.startswith("linux") and _LINUX_CPU_LIB not in names and not variants:
+        raise RuntimeStubError(f"llama-cpp-python has no CPU backend ({_LINUX_CPU_LIB} or libggml-cpu-*.so)")
+    for path in variants:
+        if path.parent != lib_dir or path.name not in names:
+            args += ["--add-binary", f"{path}{os.pathsep}llama_cpp/lib"]
     return args

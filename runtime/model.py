@@ -19,6 +19,8 @@ from pathlib import Path
 
 import llama_cpp.llama_cpp as llama
 
+from .cpu import cpu_backend
+
 _LOG_ERROR = 4
 _LOG_CONT = 5
 _LOAD_MODE_NONE = 0  # enum llama_load_mode
@@ -67,6 +69,7 @@ def init_backend(verbose: bool = False) -> None:
         if _log is None:
             _log = _LlamaLog()
             llama.llama_backend_init()
+            cpu_backend()  # register llama.cpp's best safe CPU variant before any load (runtime/cpu.py)
         _log.verbose = verbose
 
 
@@ -112,6 +115,7 @@ class Model:
         params.load_mode = _LOAD_MODE_NONE if vocab_only else _LOAD_MODE_MMAP
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
+        params.use_extra_bufts = cpu_backend().use_extra_bufts  # False keeps ggml's AMX kernels off
         self._file = _CFile(source)
         if _log is not None:
             _log.first_error = ""
