@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import sys
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from .gguf_header import GGUFHeader
 from .progress import progress_bar
 from .sources import Source, check_vocabulary, check_vocabulary_at
 from .stub import StubInfo, llama_cpp_version, target_name
+from .targets import WINDOWS_MAX_FILE, exe_suffix
 
 _PLACEHOLDER_SHA256 = "0" * 64
 
@@ -42,6 +42,7 @@ class BuildOptions:
     temperature: float | None = None
     system_prompt: str | None = None
     extra_args: list[str] = field(default_factory=list)
+    target: str = field(default_factory=target_name)
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,17 @@ class BuildResult:
     manifest: dict[str, Any]
     header: GGUFHeader
     size: int
+    model_beside: Path | None = None  # the GGUF written next to a Windows .exe
 
 
-def default_output(file_name: str) -> Path:
-    suffix = ".exe" if sys.platform == "win32" else ""
-    return Path("dist") / (Path(file_name).stem + suffix)
+def default_output(file_name: str, target: str) -> Path:
+    return Path("dist") / (Path(file_name).stem + exe_suffix(target))
 
 
-def resolve_output(output: Path | None, source: Source) -> Path:
-    output = output or default_output(source.file_name)
+def resolve_output(output: Path | None, source: Source, target: str) -> Path:
+    output = output or default_output(source.file_name, target)
     if output.is_dir():
-        output = output / default_output(source.file_name).name
+        output = output / default_output(source.file_name, target).name
     in_place = source.in_place
     with contextlib.suppress(OSError):
         if in_place and output.exists() and output.samefile(in_place.path):
@@ -106,10 +107,18 @@ def build(source: Source, options: BuildOptions, stub: StubInfo) -> BuildResult:
     name = options.name or Path(source.file_name).stem
     args = default_args(options, name)
     check_vocabulary(source)
-    output = resolve_output(options.output, source)
+    output = resolve_output(options.output, source, options.target)
     stub_data = read_stub(stub.path)
     manifest = _manifest(name, source, chat_template, options)
-    return write_file(source, output, manifest, args, stub_data, stub.path)
+    beside = model_beside(output, options.target, len(stub_data), source.size)
+    return write_file(source, output, manifest, args, stub_data, stub.path, beside=beside)
+
+
+def model_beside(output: Path, target: str, stub_size: int, model_size: int) -> Path | None:
+    """Where the GGUF goes when it cannot go inside (a Windows file of 4 GiB or more)."""
+    if target.startswith("windows") and stub_size + model_size + (1 << 20) > WINDOWS_MAX_FILE:
+        return output.with_suffix(".gguf")
+    return None
 
 
 def write_file(
@@ -120,22 +129,27 @@ def write_file(
     stub_data: bytes,
     stub_path: Path,
     expected_sha256: str | None = None,
+    beside: Path | None = None,
 ) -> BuildResult:
     """Lay out stub, model, manifest and `.args`; the model's sha256 and offset are
     filled into the manifest here. With `expected_sha256`, a copy whose hash
-    differs is discarded instead of kept."""
+    differs is discarded instead of kept. With `beside`, the model is written
+    to that path and the executable holds only the manifest and `.args`."""
     try:
         args_bytes = ff.encode_args(args)
     except ValueError as exc:
         raise UsageError(f"{exc}: .args holds one argument per line") from None
     manifest = {**manifest, "runtime": {**manifest["runtime"], "stub_sha256": _sha256(stub_data)}}
     stub_layout = _split_stub(stub_data, stub_path)
+    if beside is not None:
+        return _write_with_model_beside(source, output, manifest, args_bytes, stub_layout, beside,
+                                        expected_sha256)  # fmt: skip
     model_member = ff.place_model(stub_layout, source.file_name, source.size)
     # The manifest holds the model's hash, known only after the copy; a
     # placeholder of the same length fixes every offset before writing starts.
     placeholder = _with_model(manifest, _PLACEHOLDER_SHA256, model_member.data_at)
     plan = ff.plan_file(stub_layout, model_member, len(ff.encode_manifest(placeholder)), len(args_bytes))
-    head, tail = stub_layout.relocated(plan.shift)
+    head, tail = stub_layout.parts(plan.shift)
 
     def check_copy(temp: Path) -> None:
         if expected_sha256 is not None and digests.sha256 != expected_sha256:
@@ -171,12 +185,57 @@ def write_file(
         # The model's CRC is known only after the copy: patch its header.
         target.seek(plan.model.header_at)
         target.write(plan.model.local_header())
+        stub_layout.finish(target, plan.shift)  # type: ignore[arg-type]
     return BuildResult(output, manifest, source.header, output.stat().st_size)
 
 
-def engine_info() -> dict[str, str]:
+def _write_with_model_beside(
+    source: Source,
+    output: Path,
+    manifest: dict[str, Any],
+    args_bytes: bytes,
+    stub_layout: ff.Stub,
+    beside: Path,
+    expected_sha256: str | None,
+) -> BuildResult:
+    def check_copy(_: Path) -> None:
+        if expected_sha256 is not None and digests.sha256 != expected_sha256:
+            raise SourceError(f"the weights read from {source.label} do not match its manifest's sha256")
+
+    with (
+        atomic_output(beside, check_copy, executable=False) as target,
+        _open_source(source) as model,
+        progress_bar(source.size, f"Copying {source.file_name}") as bar,
+    ):
+        try:
+            digests = copy_with_digests(model, target, source.size, bar)
+        except EOFError:
+            raise SourceError(f"{source.label} changed size while it was being copied") from None
+    manifest = _with_model(manifest, digests.sha256, 0)
+    manifest["model"]["external"] = beside.name
+    manifest_bytes = ff.encode_manifest(manifest)
+    plan = ff.plan_file(stub_layout, None, len(manifest_bytes), len(args_bytes))
+    head, tail = stub_layout.parts(plan.shift)
+    with atomic_output(output) as exe:
+        exe.write(head)
+        for member, data in ((plan.manifest, manifest_bytes), (plan.args, args_bytes)):
+            member.crc = zlib.crc32(data)
+            exe.write(member.local_header())
+            exe.write(data)
+        exe.write(bytes(plan.tail_at - plan.args.end))
+        exe.write(tail)
+        exe.write(ff.central_directory(plan))
+        stub_layout.finish(exe, plan.shift)  # type: ignore[arg-type]
+    return BuildResult(output, manifest, source.header, output.stat().st_size, model_beside=beside)
+
+
+def engine_info(target: str | None = None) -> dict[str, str]:
     """The engine this llamapack puts into files (the stub's hash is added when writing)."""
-    return {"llamapack": __version__, "llama_cpp_python": llama_cpp_version(), "target": target_name()}
+    return {
+        "llamapack": __version__,
+        "llama_cpp_python": llama_cpp_version(),
+        "target": target or target_name(),
+    }
 
 
 def _sha256(data: bytes) -> str:
@@ -224,7 +283,7 @@ def _manifest(
     return {
         "format": ff.FORMAT_VERSION,
         "name": name,
-        "runtime": engine_info(),
+        "runtime": engine_info(options.target),
         "source": source.provenance,
         "model": {
             "file": source.file_name,

@@ -14,6 +14,7 @@ from llamapack.runtime import __version__
 
 from . import progress
 from .errors import LlamapackError, UsageError
+from .targets import TARGETS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -92,6 +93,10 @@ def cli() -> None:
     "--args", "raw_args", metavar='"ARGS"',
     help="More default arguments for the file, as a shell would split them.",
 )  # fmt: skip
+@click.option(
+    "--target", type=click.Choice(list(TARGETS)), default=None,
+    help="System the file is for (default: this one). Needs that system's runtime stub.",
+)  # fmt: skip
 @_runtime_option
 @_quiet_option
 @_domain_errors
@@ -106,6 +111,7 @@ def build(
     temp: float | None,
     system_prompt: str | None,
     raw_args: str | None,
+    target: str | None,
     runtime: Path | None,
 ) -> None:
     """Build one executable from the GGUF model SOURCE.
@@ -128,13 +134,15 @@ def build(
     from .assemble import BuildOptions
     from .assemble import build as build_file
     from .sources import resolve
-    from .stub import ensure_stub
+    from .stub import target_name
+    from .targets import stub_for
 
     started = time.perf_counter()
+    target = target or target_name()
     resolved = resolve(source, member, quant)  # fail fast, before a possible stub build
-    if runtime is None and not _stub_cached():
+    if runtime is None and target == target_name() and not _stub_cached():
         _echo("Building the runtime stub once (PyInstaller, about a minute)...")
-    stub = ensure_stub(runtime)
+    stub = stub_for(target, runtime)
     try:
         extra_args = shlex.split(raw_args) if raw_args else []
     except ValueError as exc:
@@ -147,10 +155,16 @@ def build(
         temperature=temp,
         system_prompt=system_prompt,
         extra_args=extra_args,
+        target=target,
     )
     result = build_file(resolved, options, stub)
     elapsed = time.perf_counter() - started
-    _echo(f"Built {result.output} ({_size(result.size)}) in {elapsed:.1f} s")
+    _echo(f"Built {result.output} ({_size(result.size)}, {target}) in {elapsed:.1f} s")
+    if result.model_beside is not None:
+        _echo(
+            f"  note:          Windows does not start programs of 4 GiB or more, so the model is in "
+            f"{result.model_beside.name} beside it; keep the two files together"
+        )
     _echo(describe(result.manifest, result.header))
     _echo(f"  run it:        {_run_hint(result.output)}")
 
@@ -274,12 +288,13 @@ def upgrade(file: Path, output: Path | None, runtime: Path | None) -> None:
       llamapack upgrade old-model -o new-model
     """
     from .provenance import open_layout
-    from .stub import ensure_stub
+    from .stub import target_name
+    from .targets import stub_for
     from .upgrade import upgrade as upgrade_file
 
     started = time.perf_counter()
     before = open_layout(file).manifest.get("runtime", {})
-    stub = ensure_stub(runtime)
+    stub = stub_for(before.get("target") or target_name(), runtime)
     result = upgrade_file(file, output, stub)
     after = result.manifest["runtime"]
     _echo(

@@ -38,10 +38,11 @@ def inspect_file(file: Path) -> dict[str, Any]:
         "manifest": manifest,
         "engine": engine,
         "layout": {
+            "model_beside": str(layout.model_path) if layout.external else None,
             "file_size": layout.file_size,
             "model_offset": layout.model_offset,
             "model_size": layout.model_size,
-            "stub_size": layout.file_size - layout.model_size,
+            "stub_size": layout.file_size - (0 if layout.external else layout.model_size),
             "args": layout.args,
         },
         "upgrade": upgrade_advice(engine, file),
@@ -75,7 +76,7 @@ def hash_model(file: Path, layout: ff.Layout) -> str:
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)
     remaining = layout.model_size
-    with file.open("rb", buffering=0) as raw, progress_bar(layout.model_size, "Hashing") as bar:
+    with layout.model_path.open("rb", buffering=0) as raw, progress_bar(layout.model_size, "Hashing") as bar:
         raw.seek(layout.model_offset)
         while remaining:
             got = raw.readinto(view[: min(_CHUNK, remaining)])
@@ -117,7 +118,7 @@ def unpack_file(file: Path, output: Path | None, force: bool) -> Path:
 
     with (
         atomic_output(output, check, executable=False) as target,
-        file.open("rb", buffering=0) as raw,
+        layout.model_path.open("rb", buffering=0) as raw,
     ):
         raw.seek(layout.model_offset)
         with progress_bar(layout.model_size, f"Writing {output.name}") as bar:

@@ -22,18 +22,16 @@ from .stub import StubInfo
 
 def upgrade(file: Path, output: Path | None, stub: StubInfo) -> BuildResult:
     layout = open_layout(file)
-    target = output or file
-    if output is not None and output.exists() and output.resolve() == file.resolve():
-        target = file
-    if target.is_dir():
-        raise OutputError(f"{target} is a directory; give the upgraded file's path")
+    destination = output or file
+    if destination.is_dir():
+        raise OutputError(f"{destination} is a directory; give the upgraded file's path")
 
     def open_model() -> object:
-        raw = file.open("rb", buffering=0)
+        raw = layout.model_path.open("rb", buffering=0)
         raw.seek(layout.model_offset)
         return raw
 
-    with file.open("rb") as raw:
+    with layout.model_path.open("rb") as raw:
         raw.seek(layout.model_offset)
         header = read_header_from_stream(raw, layout.model_size, f"{file}:{layout.model_name}")
     source = Source(
@@ -42,19 +40,21 @@ def upgrade(file: Path, output: Path | None, stub: StubInfo) -> BuildResult:
         size=layout.model_size,
         header=header,
         open=open_model,  # type: ignore[arg-type]
-        in_place=ModelSource(file, layout.model_offset),
+        in_place=ModelSource(layout.model_path, layout.model_offset),
         provenance=layout.manifest.get("source", {}),
     )
     # The new engine must know this model (vocab-only load with the new llama.cpp).
     check_vocabulary(source)
-    manifest = {**layout.manifest, "runtime": engine_info()}
+    target = layout.manifest.get("runtime", {}).get("target")
+    manifest = {**layout.manifest, "runtime": engine_info(target)}
     manifest["model"] = {k: v for k, v in manifest["model"].items() if k not in ("sha256", "offset")}
     return write_file(
         source,
-        target,
+        destination,
         manifest,
         layout.args,
         read_stub(stub.path),
         stub.path,
         expected_sha256=layout.manifest["model"]["sha256"],
+        beside=destination.with_suffix(".gguf") if layout.external else None,
     )

@@ -22,9 +22,9 @@ Why this order:
   them, and `unzip -l` / `zipfile` see exactly three members.
 * llama.cpp maps tensors at their absolute file offsets, so the GGUF data must
   be aligned in the file; 64 KiB also satisfies every page size in use.
-* On ELF the archive lives in a non-loaded `pydata` section; section offsets
-  after the insertion point are moved so `readelf` and `strip` stay correct.
-  The insertion is a 4 KiB multiple so every moved section keeps its alignment.
+* How each executable format (ELF, PE, Mach-O) is split and patched around
+  the insertion lives in `executables.py`; this module owns the ZIP layout,
+  the manifest and `.args`.
 """
 
 from __future__ import annotations
@@ -37,19 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .executables import INSERT_GRANULE, Stub, StubError, read_stub
+
+__all__ = ["INSERT_GRANULE", "Stub", "StubError", "read_stub"]  # the executable side, re-exported
+
 FORMAT_VERSION = 1
 MODEL_ALIGNMENT = 64 * 1024
-INSERT_GRANULE = 4096
 MANIFEST_NAME = "manifest.json"
 ARGS_NAME = ".args"
 USER_ARGS_MARKER = "..."
 GGUF_MAGIC = b"GGUF"
-
-# PyInstaller's CArchive cookie: magic, archive length, TOC offset, TOC length,
-# Python version, Python library name. The magic is split so this source file
-# never contains it verbatim.
-_PYI_COOKIE_MAGIC = b"MEI\x0c" + b"\x0b\x0a\x0b\x0e"
-_PYI_COOKIE = struct.Struct("!8sIIii64s")
 
 # ZIP structures (APPNOTE 6.3.x); all little-endian.
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
@@ -66,98 +63,11 @@ _MAX32 = 0xFFFFFFFF
 # 1980-01-01 00:00:00 in DOS format: a fixed stamp keeps builds reproducible.
 _DOS_TIME, _DOS_DATE = 0, (0 << 9) | (1 << 5) | 1
 _UNIX_FILE_MODE = 0o100644 << 16
-_SHT_NOBITS = 8
 _MADE_BY_UNIX = 3 << 8
 
 
 class FormatError(Exception):
     """The file is not a llamapack file, or is damaged."""
-
-
-class StubError(Exception):
-    """The runtime stub is not an executable llamapack can insert a model into."""
-
-
-# ---------------------------------------------------------------- the stub
-
-
-@dataclass(frozen=True)
-class Stub:
-    """A runtime executable, split where the model is inserted."""
-
-    data: bytes
-    insert_at: int
-    kind: str  # "elf" or "appended" (PE, or any format keeping the archive last)
-
-    @property
-    def head(self) -> bytes:
-        return self.data[: self.insert_at]
-
-    def relocated(self, shift: int) -> tuple[bytes, bytes]:
-        """(head, tail) with file offsets past the insertion point moved by `shift`."""
-        if shift % INSERT_GRANULE:
-            raise ValueError("insertions must keep section alignment")
-        if self.kind != "elf":
-            return self.head, self.data[self.insert_at :]
-        patched = bytearray(self.data)
-        _relocate_elf_sections(patched, self.insert_at, shift)
-        return bytes(patched[: self.insert_at]), bytes(patched[self.insert_at :])
-
-
-def read_stub(data: bytes) -> Stub:
-    """Find where PyInstaller's archive starts: the model goes just before it."""
-    cookie_at = data.rfind(_PYI_COOKIE_MAGIC)
-    if cookie_at < 0 or cookie_at + _PYI_COOKIE.size > len(data):
-        raise StubError("no PyInstaller archive found (not a llamapack runtime stub)")
-    _, archive_len, *_ = _PYI_COOKIE.unpack_from(data, cookie_at)
-    archive_at = cookie_at + _PYI_COOKIE.size - archive_len
-    if not 0 < archive_at <= cookie_at:
-        raise StubError("the PyInstaller archive's cookie is damaged")
-    kind = "elf" if data[:4] == b"\x7fELF" else "appended"
-    if kind == "elf":
-        _check_elf_insertable(data, archive_at)
-    return Stub(data=data, insert_at=archive_at, kind=kind)
-
-
-@dataclass(frozen=True)
-class _ElfHeader:
-    endian: str
-    phoff: int
-    phentsize: int
-    phnum: int
-    shoff: int
-    shentsize: int
-    shnum: int
-
-
-def _elf_header(data: bytes | bytearray) -> _ElfHeader:
-    if data[4] != 2:
-        raise StubError("only 64-bit ELF runtimes are supported")
-    endian = "<" if data[5] == 1 else ">"
-    phoff, shoff = struct.unpack_from(endian + "QQ", data, 0x20)
-    phentsize, phnum, shentsize, shnum = struct.unpack_from(endian + "HHHH", data, 0x36)
-    return _ElfHeader(endian, phoff, phentsize, phnum, shoff, shentsize, shnum)
-
-
-def _check_elf_insertable(data: bytes, insert_at: int) -> None:
-    elf = _elf_header(data)
-    for i in range(elf.phnum):
-        entry = elf.phoff + i * elf.phentsize
-        p_offset, _, _, p_filesz = struct.unpack_from(elf.endian + "QQQQ", data, entry + 8)
-        if p_filesz and p_offset + p_filesz > insert_at:
-            raise StubError("a loaded ELF segment lies past PyInstaller's archive")
-
-
-def _relocate_elf_sections(data: bytearray, insert_at: int, shift: int) -> None:
-    elf = _elf_header(data)
-    if elf.shoff >= insert_at:
-        struct.pack_into(elf.endian + "Q", data, 0x28, elf.shoff + shift)
-    for i in range(elf.shnum):
-        entry = elf.shoff + i * elf.shentsize
-        sh_type = struct.unpack_from(elf.endian + "I", data, entry + 4)[0]
-        sh_offset = struct.unpack_from(elf.endian + "Q", data, entry + 0x18)[0]
-        if sh_type != _SHT_NOBITS and sh_offset >= insert_at:
-            struct.pack_into(elf.endian + "Q", data, entry + 0x18, sh_offset + shift)
 
 
 # ------------------------------------------------------------ ZIP writing
@@ -186,9 +96,7 @@ class Member:
         extra = _zip64_local_extra(self.size) if self.size >= _MAX32 else b""
         pad = self.extra_len - len(extra)
         if pad:
-            extra += struct.pack(
-                "<HHH", _ALIGN_EXTRA_ID, pad - 4, MODEL_ALIGNMENT % 0x10000
-            ) + bytes(pad - 6)
+            extra += struct.pack("<HHH", _ALIGN_EXTRA_ID, pad - 4, MODEL_ALIGNMENT % 0x10000) + bytes(pad - 6)
         size32 = _MAX32 if self.size >= _MAX32 else self.size
         fixed = _LOCAL_HEADER.pack(
             _LOCAL_SIG, _version_needed(self), 0x0800, 0, _DOS_TIME, _DOS_DATE,
@@ -213,7 +121,7 @@ class Plan:
     """Where every part of a built file goes; computed before a byte is written."""
 
     stub: Stub
-    model: Member
+    model: Member | None  # None when the model lies beside the executable
     manifest: Member
     args: Member
     tail_at: int
@@ -225,16 +133,14 @@ class Plan:
 
     @property
     def central_directory_at(self) -> int:
-        return self.tail_at + len(self.stub.data) - self.stub.insert_at
+        return self.tail_at + self.stub.tail_length(self.shift)
 
 
 def place_model(stub: Stub, model_name: str, model_size: int) -> Member:
     """The model's ZIP member, placed so its data starts 64 KiB aligned."""
     name_len = len(model_name.encode())
     zip64_extra = 20 if model_size >= _MAX32 else 0
-    data_at = _align_up(
-        stub.insert_at + _LOCAL_HEADER.size + name_len + zip64_extra + 6, MODEL_ALIGNMENT
-    )
+    data_at = _align_up(stub.insert_at + _LOCAL_HEADER.size + name_len + zip64_extra + 6, MODEL_ALIGNMENT)
     # Padding lives in the header's extra field (max 64 KiB); any excess becomes
     # a gap before the header, which ZIP readers never look at.
     extra_len = min(data_at - stub.insert_at - _LOCAL_HEADER.size - name_len, 0xFFFF)
@@ -242,11 +148,12 @@ def place_model(stub: Stub, model_name: str, model_size: int) -> Member:
     return Member(model_name, model_size, header_at, extra_len)
 
 
-def plan_file(stub: Stub, model: Member, manifest_len: int, args_len: int) -> Plan:
-    manifest = Member(MANIFEST_NAME, manifest_len, header_at=model.end)
+def plan_file(stub: Stub, model: Member | None, manifest_len: int, args_len: int) -> Plan:
+    manifest = Member(MANIFEST_NAME, manifest_len, header_at=model.end if model else stub.insert_at)
     args = Member(ARGS_NAME, args_len, header_at=manifest.end)
     tail_at = stub.insert_at + _align_up(args.end - stub.insert_at, INSERT_GRANULE)
-    return Plan(stub, model, manifest, args, tail_at, [model, manifest, args])
+    members = [model, manifest, args] if model else [manifest, args]
+    return Plan(stub, model, manifest, args, tail_at, members)
 
 
 def _align_up(value: int, alignment: int) -> int:
@@ -297,9 +204,7 @@ def central_directory(plan: Plan) -> bytes:
             count, count, len(directory), at,
         )  # fmt: skip
         end += _ZIP64_LOCATOR.pack(_ZIP64_LOCATOR_SIG, 0, zip64_end_at, 1)
-    end += _END_RECORD.pack(
-        _END_SIG, 0, 0, count, count, min(len(directory), _MAX32), min(at, _MAX32), 0
-    )
+    end += _END_RECORD.pack(_END_SIG, 0, 0, count, count, min(len(directory), _MAX32), min(at, _MAX32), 0)
     return directory + end
 
 
@@ -341,9 +246,14 @@ class Layout:
     manifest: dict[str, Any]
     args: list[str]
     model_name: str
+    model_path: Path  # the file itself, or the GGUF beside it (Windows files over 4 GiB)
     model_offset: int
     model_size: int
     file_size: int
+
+    @property
+    def external(self) -> bool:
+        return self.model_path != self.path
 
 
 def has_payload(path: str | Path) -> bool:
@@ -360,8 +270,10 @@ def read_layout(path: str | Path) -> Layout:
         with zipfile.ZipFile(path) as archive:
             manifest = json.loads(archive.read(MANIFEST_NAME))
             args = decode_args(archive.read(ARGS_NAME)) if ARGS_NAME in archive.namelist() else []
-            model_name = manifest["model"]["file"]
-            info = archive.getinfo(model_name)
+            model = manifest["model"]
+            if model.get("external"):
+                return _external_layout(path, manifest, args)
+            info = archive.getinfo(model["file"])
             with path.open("rb") as raw:
                 model_offset = _data_offset(raw, info)
                 raw.seek(model_offset)
@@ -369,17 +281,34 @@ def read_layout(path: str | Path) -> Layout:
                 file_size = raw.seek(0, io.SEEK_END)
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, struct.error) as exc:
         raise FormatError(f"{path} is not a complete llamapack file ({exc})") from None
-    if manifest.get("format") != FORMAT_VERSION:
-        raise FormatError(
-            f"{path} uses file format {manifest.get('format')}, expected {FORMAT_VERSION}"
-        )
+    _check_format(path, manifest)
     if info.compress_type != zipfile.ZIP_STORED:
         raise FormatError(f"{path}: the model entry is compressed, so it cannot be memory-mapped")
-    if info.file_size != manifest["model"]["size"] or model_offset + info.file_size > file_size:
+    if info.file_size != model["size"] or model_offset + info.file_size > file_size:
         raise FormatError(f"{path} is truncated: the model needs bytes past the end of the file")
     if model_offset % MODEL_ALIGNMENT or magic != GGUF_MAGIC:
         raise FormatError(f"{path}: the embedded model is not an aligned GGUF")
-    return Layout(path, manifest, args, model_name, model_offset, info.file_size, file_size)
+    return Layout(path, manifest, args, model["file"], path, model_offset, info.file_size, file_size)
+
+
+def _check_format(path: Path, manifest: dict[str, Any]) -> None:
+    if manifest.get("format") != FORMAT_VERSION:
+        raise FormatError(f"{path} uses file format {manifest.get('format')}, expected {FORMAT_VERSION}")
+
+
+def _external_layout(path: Path, manifest: dict[str, Any], args: list[str]) -> Layout:
+    _check_format(path, manifest)
+    model = manifest["model"]
+    beside = path.parent / Path(model["external"]).name
+    try:
+        with beside.open("rb") as raw:
+            magic = raw.read(4)
+            size = raw.seek(0, io.SEEK_END)
+    except OSError:
+        raise FormatError(f"{path} needs {beside.name} beside it; keep the two files together") from None
+    if size != model["size"] or magic != GGUF_MAGIC:
+        raise FormatError(f"{beside} is not the model {path.name} was built with (wrong size or not a GGUF)")
+    return Layout(path, manifest, args, model["file"], beside, 0, size, path.stat().st_size)
 
 
 def _data_offset(raw: io.BufferedReader, info: zipfile.ZipInfo) -> int:

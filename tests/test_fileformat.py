@@ -14,8 +14,19 @@ from llamapack.builder.gguf_header import read_header
 from llamapack.builder.sources import resolve
 from llamapack.builder.stub import StubInfo
 from llamapack.runtime import fileformat as ff
+from llamapack.runtime.executables import read_stub
 
-from .fakes import COOKIE, COOKIE_MAGIC, elf_stub, read_sections, write_gguf
+from .fakes import (
+    COOKIE,
+    COOKIE_MAGIC,
+    check_adhoc_signature,
+    elf_stub,
+    macho_commands,
+    macho_stub,
+    pe_stub,
+    read_sections,
+    write_gguf,
+)
 
 
 def _build(source: Path, stub: Path, output: Path, **options: object) -> Path:
@@ -118,17 +129,47 @@ def test_alignment_holds_wherever_the_stub_ends(tmp_path, stub_size, tiny_gguf):
     assert zipfile.ZipFile(out).testzip() is None
 
 
-def test_appended_stub_without_elf_keeps_the_archive_last(tiny_gguf, tmp_path):
-    """PE files keep PyInstaller's archive appended after the image: no header patching."""
-    image = b"MZ" + bytes(500)
-    archive = b"archive-bytes" * 10
-    cookie = COOKIE.pack(COOKIE_MAGIC, len(archive) + COOKIE.size, 0, 0, 311, b"python311.dll")
+def test_pe_stub_keeps_its_image_and_archive(tiny_gguf, tmp_path):
+    """Windows: the archive is overlay data after the image; the model goes before it."""
     stub = tmp_path / "stub.exe"
-    stub.write_bytes(image + archive + cookie)
+    stub.write_bytes(pe_stub())
     out = _build(tiny_gguf, stub, tmp_path / "model.exe").read_bytes()
-    assert out.startswith(image)
+    image_len = read_stub(stub.read_bytes()).insert_at
+    assert out[:image_len] == stub.read_bytes()[:image_len]
     cookie_at = out.rfind(COOKIE_MAGIC)
-    assert out[cookie_at + COOKIE.size - len(archive) - COOKIE.size :][: len(archive)] == archive
+    archive_at = cookie_at + COOKIE.size - COOKIE.unpack_from(out, cookie_at)[1]
+    assert out[archive_at:][:10] == b"PE-archive"
+    assert zipfile.ZipFile(tmp_path / "model.exe").testzip() is None
+
+
+def test_signed_pe_stub_is_refused(tiny_gguf, tmp_path):
+    stub = tmp_path / "stub.exe"
+    stub.write_bytes(pe_stub(signed=True))
+    with pytest.raises(Exception, match="Authenticode-signed"):
+        _build(tiny_gguf, stub, tmp_path / "model.exe")
+
+
+def test_macho_stub_is_patched_and_signed_anew(tiny_gguf, tmp_path):
+    """macOS: the model joins the string table inside __LINKEDIT, and the ad-hoc
+    signature is rewritten to cover the new contents page by page."""
+    stub_data = macho_stub()
+    stub = tmp_path / "stub"
+    stub.write_bytes(stub_data)
+    out = _build(tiny_gguf, stub, tmp_path / "model").read_bytes()
+    check_adhoc_signature(out)
+    commands = macho_commands(out)
+    sig_at, sig_len = commands["signature"]
+    linkedit_off, linkedit_size = commands["linkedit"]
+    assert linkedit_off + linkedit_size == sig_at + sig_len  # __LINKEDIT ends with the signature
+    stroff, strsize = commands["symtab"]
+    cookie_at = out.rfind(COOKIE_MAGIC)
+    assert stroff + strsize >= cookie_at + COOKIE.size  # the archive stays inside the string table
+    archive_at = cookie_at + COOKIE.size - COOKIE.unpack_from(out, cookie_at)[1]
+    assert out[archive_at:][:13] == b"macho-archive"
+    layout = ff.read_layout(tmp_path / "model")
+    assert stroff < layout.model_offset < sig_at  # the model is signed too
+    assert zipfile.ZipFile(tmp_path / "model").testzip() is None
+    assert out[:0x20] == stub_data[:0x20]
 
 
 def test_zip64_when_the_model_passes_4_gib(tmp_path):
@@ -139,7 +180,7 @@ def test_zip64_when_the_model_passes_4_gib(tmp_path):
     manifest = ff.encode_manifest({"format": ff.FORMAT_VERSION, "model": {"file": "big.gguf", "size": size}})
     args = ff.encode_args(["..."])
     plan = ff.plan_file(stub, model, len(manifest), len(args))
-    head, tail = stub.relocated(plan.shift)
+    head, tail = stub.parts(plan.shift)
     path = tmp_path / "big"
     with path.open("wb") as out:
         out.write(head)
