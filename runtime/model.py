@@ -74,34 +74,60 @@ def init_backend(verbose: bool = False) -> None:
 
 
 class _CFile:
-    """A C `FILE*` positioned at an offset, as llama.cpp's loader wants it."""
+    """A C `FILE*` positioned at an offset, as llama.cpp's loader wants it.
+
+    It must come from the C runtime llama.cpp itself links: the system libc on
+    Linux and macOS, the Universal CRT (ucrtbase) on Windows, where a `FILE*`
+    from another CRT cannot be shared."""
 
     def __init__(self, source: ModelSource):
-        libc = _libc()
-        self._fclose = libc.fclose
-        self.pointer = libc.fopen(os.fsencode(source.path), b"rb")
+        crt = _c_runtime()
+        self._crt = crt
+        self.pointer = crt.open(source.path)
         if not self.pointer:
             errno = ctypes.get_errno()
             raise ModelLoadError(f"cannot open {source.path}: {os.strerror(errno)}")
-        if libc.fseeko(self.pointer, source.offset, os.SEEK_SET) != 0:
+        if crt.seek(self.pointer, source.offset, os.SEEK_SET) != 0:
             self.close()
             raise ModelLoadError(f"cannot seek to the model at offset {source.offset}")
 
     def close(self) -> None:
         if self.pointer:
-            self._fclose(self.pointer)
+            self._crt.close(self.pointer)
             self.pointer = None
 
 
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-    libc.fopen.restype = ctypes.c_void_p
-    libc.fseeko.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-    libc.fseeko.restype = ctypes.c_int
-    libc.fclose.argtypes = [ctypes.c_void_p]
-    libc.fclose.restype = ctypes.c_int
-    return libc
+class _CRuntime:
+    def __init__(self) -> None:
+        if sys.platform == "win32":
+            library = ctypes.CDLL("ucrtbase", use_errno=True)
+            opener, seeker = library._wfopen, library._fseeki64
+            opener.argtypes = [ctypes.c_wchar_p, ctypes.c_wchar_p]
+        else:
+            library = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            opener, seeker = library.fopen, library.fseeko
+            opener.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        opener.restype = ctypes.c_void_p
+        seeker.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+        seeker.restype = ctypes.c_int
+        library.fclose.argtypes = [ctypes.c_void_p]
+        library.fclose.restype = ctypes.c_int
+        self._open, self.seek, self.close = opener, seeker, library.fclose
+
+    def open(self, path: Path) -> int | None:
+        if sys.platform == "win32":
+            return self._open(str(path), "rb")  # type: ignore[no-any-return]
+        return self._open(os.fsencode(path), b"rb")  # type: ignore[no-any-return]
+
+
+_crt: _CRuntime | None = None
+
+
+def _c_runtime() -> _CRuntime:
+    global _crt
+    if _crt is None:
+        _crt = _CRuntime()
+    return _crt
 
 
 class Model:
