@@ -12,6 +12,7 @@ const ui = {
   status: $("status"), messages: $("messages"), welcome: $("welcome"),
   welcomeModel: $("welcome-model"), log: $("log"), error: $("error"), errorText: $("error-text"),
   errorDetail: $("error-detail"), retry: $("retry"), dismissError: $("dismiss-error"),
+  announcer: $("announcer"),
   composer: $("composer"), prompt: $("prompt"), send: $("send"), stop: $("stop"),
   settings: $("settings"), settingsForm: $("settings-form"), openSettings: $("open-settings"),
   resetSettings: $("reset-settings"), modelInfo: $("model-info"),
@@ -238,11 +239,15 @@ function setSidebar(open) {
 // ------------------------------------------------------------------ messages
 
 function renderAll() {
-  const chat = currentChat();
-  ui.title.textContent = chat ? chat.title : "New chat";
-  document.title = `${chat ? chat.title : "New chat"} · ${modelAlias()}`;
+  renderTitle();
   renderChatList();
   renderMessages();
+}
+
+function renderTitle() {
+  const title = currentChat()?.title ?? "New chat";
+  ui.title.textContent = title;
+  document.title = `${title} · ${modelAlias()}`;
 }
 
 function renderMessages() {
@@ -304,7 +309,7 @@ function fillActions(view, chat, message, index) {
   const isLast = index === chat.messages.length - 1;
   const copy = button("Copy", "link-button", () => copyText(message.content, copy));
   copy.setAttribute("aria-label", "Copy this message");
-  actions.append(copy);
+  actions.replaceChildren(copy);
   if (message.role === "user") {
     const edit = button("Edit", "link-button needs-idle", () => startEdit(view, chat, index));
     edit.setAttribute("aria-label", "Edit this message and send it again");
@@ -315,6 +320,15 @@ function fillActions(view, chat, message, index) {
     actions.append(again);
   }
   actions.hidden = Boolean(message.pending);
+}
+
+/** Turns the streamed reply's view into a finished one, in place (keeps the scroll). */
+function finishView(view, chat, message) {
+  view.classList.remove("streaming");
+  view.removeAttribute("aria-busy");
+  fillContent(view, message);
+  fillMeta(view, message);
+  fillActions(view, chat, message, chat.messages.indexOf(message));
 }
 
 function startEdit(view, chat, index) {
@@ -473,14 +487,27 @@ async function generate(chat) {
   };
   delete message.pending;
   if (!message.content) chat.messages.splice(chat.messages.indexOf(message), 1);
+  const { view } = state.streaming;
   state.streaming = null;
   touch(chat);
   saveChats();
   setBusy(false);
-  if (chat.id === state.currentId) {
-    renderAll();
-    if (failure) showError(failure, () => retry(chat));
+  renderChatList();
+  if (chat.id !== state.currentId) return;
+  renderTitle();
+  if (message.content && view?.isConnected) finishView(view, chat, message);
+  else renderMessages();
+  if (failure) showError(failure, () => retry(chat));
+  else if (stopped) announce("Stopped.");
+  else if (view?.isConnected) {
+    announce(`The model replied: ${view.querySelector(".content").textContent}`);
   }
+}
+
+// The conversation is not a live region (re-rendering it would read it all out
+// again), so a finished reply is announced here once, as plain text.
+function announce(text) {
+  ui.announcer.textContent = text;
 }
 
 // Retry drops a partial reply and asks again for the last user message.
