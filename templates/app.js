@@ -384,14 +384,30 @@ async function copyText(text, source) {
     await navigator.clipboard.writeText(text);
     flash(source, "Copied");
   } catch {
-    flash(source, "Copy failed");
+    // navigator.clipboard exists only in secure contexts: reached over the
+    // network by plain http (--host 0.0.0.0), the page falls back to the old way.
+    flash(source, legacyCopy(text) ? "Copied" : "Copy failed");
   }
 }
 
+function legacyCopy(text) {
+  const area = document.createElement("textarea");
+  area.value = text;
+  area.setAttribute("readonly", "");
+  area.className = "visually-hidden";
+  document.body.append(area);
+  area.select();
+  const copied = document.execCommand("copy");
+  area.remove();
+  return copied;
+}
+
+// Shows `text` on a button for a moment; a second click does not lose its label.
 function flash(source, text) {
-  const label = source.textContent;
+  source.dataset.label ??= source.textContent;
   source.textContent = text;
-  setTimeout(() => { source.textContent = label; }, 1500);
+  clearTimeout(source.flashTimer);
+  source.flashTimer = setTimeout(() => { source.textContent = source.dataset.label; }, 1500);
 }
 
 // Keep the newest text in view, unless the reader scrolled up to read.

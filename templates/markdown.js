@@ -270,12 +270,14 @@ function paragraph(lines, start) {
 
 // ------------------------------------------------------------------ inline
 
-function renderInline(text) {
+// `inLink`: inside a link's label, where a nested link must stay text (and
+// a label that is itself a URL must not recurse forever).
+function renderInline(text, inLink = false) {
   const out = document.createDocumentFragment();
   let last = 0;
   for (const match of text.matchAll(INLINE)) {
     appendText(out, text.slice(last, match.index));
-    out.append(inlineNode(match.groups));
+    out.append(inlineNode(match, inLink));
     last = match.index + match[0].length;
   }
   appendText(out, text.slice(last));
@@ -290,7 +292,8 @@ function appendText(parent, text) {
   });
 }
 
-function inlineNode(groups) {
+function inlineNode(match, inLink) {
+  const groups = match.groups;
   if (groups.escaped !== undefined) return groups.escaped;
   if (groups.code !== undefined) {
     const code = element("code");
@@ -298,17 +301,18 @@ function inlineNode(groups) {
     return code;
   }
   if (groups.label !== undefined) {
+    if (inLink) return renderInline(groups.label, true);
     return link(groups.label || groups.href, groups.href, groups.bang === "!");
   }
-  if (groups.autolink !== undefined) return link(groups.autolink, groups.autolink, false);
-  if (groups.url !== undefined) return link(groups.url, groups.url, false);
+  const address = groups.autolink ?? groups.url;
+  if (address !== undefined) return inLink ? match[0] : link(address, address, false);
   const [tag, inner] =
     groups.strong !== undefined ? ["strong", groups.strong]
       : groups.strong2 !== undefined ? ["strong", groups.strong2]
         : groups.del !== undefined ? ["del", groups.del]
           : ["em", groups.em ?? groups.em2];
   const node = element(tag);
-  node.append(renderInline(inner));
+  node.append(renderInline(inner, inLink));
   return node;
 }
 
@@ -317,7 +321,7 @@ function inlineNode(groups) {
 // a link to the picture.
 function link(label, href, isImage) {
   const url = safeUrl(href.replace(/\\(.)/g, "$1"));
-  const content = renderInline(label);
+  const content = renderInline(label, true);
   if (!url) return content;
   const anchor = element("a");
   anchor.href = url;

@@ -153,7 +153,7 @@ def send(page: Page, text: str) -> None:
     page.locator("#prompt").press("Enter")
 
 
-def wait_until_idle(page: Page, timeout: float = 30_000) -> None:
+def wait_until_idle(page: Page, timeout: float = 60_000) -> None:
     expect(page.locator("#send")).to_be_visible(timeout=timeout)
 
 
@@ -238,7 +238,7 @@ def _get(url: str) -> bytes:
 
 
 def test_reply_streams_in_token_by_token(session: Session) -> None:
-    session.settings(maxTokens=40, temperature=0)
+    session.settings(maxTokens=24, temperature=0)
     page = session.open()
     prompt = page.locator("#prompt")
     prompt.press_sequentially("Tell me about cats.")
