@@ -25,8 +25,10 @@ LLAMAPACK_CPU, a native build), `use_extra_bufts` is reported False, so the AMX 
 type is never used; Model turns it off in the model params.
 
 `LLAMAPACK_CPU=<variant>` forces a variant (for benchmarks and workarounds); one the
-CPU cannot run is an error, not a crash. A build without GGML_BACKEND_DL (the CPU
-backend linked in) has nothing to register: the variant is then reported as "builtin".
+CPU cannot run is an error, not a crash. `LLAMAPACK_CPU_EXTRA_BUFTS=0` turns the extra
+buffer types off, `=1` on even with AMX (to check a newer ggml; at your own risk).
+A build without GGML_BACKEND_DL (the CPU backend linked in) has nothing to register:
+the variant is then reported as "builtin".
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from llama_cpp._ctypes_extensions import load_shared_library
 
 BUILTIN = "builtin"
 ENV_FORCE = "LLAMAPACK_CPU"
+ENV_EXTRA_BUFTS = "LLAMAPACK_CPU_EXTRA_BUFTS"  # "0" or "1" overrides the safety rule's answer
 # ggml_backend_cpu_x86_score (ggml-cpu/arch/x86/cpu-feats.cpp) adds 1 << 11 when the
 # variant was built with AMX-INT8 and the CPU has it: the bit marks the variants whose
 # extra buffer type is AMX.
@@ -166,8 +169,11 @@ def choose(candidates: Sequence[Candidate], forced: str | None = None, machine: 
     return Choice(max(safe, key=lambda c: c.score), skipped=skipped)
 
 
-def use_extra_bufts(extra_buffer_types: Iterable[str]) -> bool:
-    """The safety rule on a loaded backend: never hand llama.cpp the AMX buffer type."""
+def use_extra_bufts(extra_buffer_types: Iterable[str], override: str | None = None) -> bool:
+    """The safety rule on a loaded backend: never hand llama.cpp the AMX buffer type,
+    unless LLAMAPACK_CPU_EXTRA_BUFTS=1 says it was proven safe (=0 turns them all off)."""
+    if override in ("0", "1"):
+        return override == "1"
     return AMX_BUFFER_TYPE not in extra_buffer_types
 
 
@@ -260,11 +266,12 @@ def _describe(ggml: ctypes.CDLL, reg: int) -> tuple[str, tuple[str, ...], tuple[
 
 
 def _register() -> CpuBackend:
+    override = os.environ.get(ENV_EXTRA_BUFTS)
     ggml = _ggml()
     reg = ggml.ggml_backend_reg_by_name(b"CPU")
     if reg:  # linked in (no GGML_BACKEND_DL), or registered before us
         description, features, extra = _describe(ggml, reg)
-        return CpuBackend(BUILTIN, None, description, features, extra, use_extra_bufts(extra))
+        return CpuBackend(BUILTIN, None, description, features, extra, use_extra_bufts(extra, override))
     found = discover(search_directories())
     candidates = [Candidate(name, path, _score(path)) for name, path in found.items()]
     if not candidates:
@@ -281,7 +288,7 @@ def _register() -> CpuBackend:
         description,
         features,
         extra,
-        use_extra_bufts(extra),
+        use_extra_bufts(extra, override),
         choice.skipped,
     )
 

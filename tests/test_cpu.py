@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def test_safety_rule_on_loaded_buffer_types() -> None:
     assert use_extra_bufts(("CPU_REPACK",))
     assert use_extra_bufts(())
     assert not use_extra_bufts(("AMX", "CPU_REPACK"))
+    assert use_extra_bufts(("AMX",), override="1")
+    assert not use_extra_bufts(("CPU_REPACK",), override="0")
+    assert not use_extra_bufts(("AMX",), override="yes")
 
 
 def test_cpu_backend_in_this_environment() -> None:
@@ -111,5 +115,6 @@ def test_cpu_backend_in_this_environment() -> None:
         assert backend.path is None
     else:
         assert backend.path is not None and variant_name(backend.path) == backend.variant
-    assert backend.use_extra_bufts == ("AMX" not in backend.extra_buffer_types)
+    override = os.environ.get(cpu.ENV_EXTRA_BUFTS)
+    assert backend.use_extra_bufts == use_extra_bufts(backend.extra_buffer_types, override)
     assert backend.as_dict()["variant"] == backend.variant
