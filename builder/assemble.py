@@ -149,7 +149,6 @@ def write_file(
     # placeholder of the same length fixes every offset before writing starts.
     placeholder = _with_model(manifest, _PLACEHOLDER_SHA256, model_member.data_at)
     plan = ff.plan_file(stub_layout, model_member, len(ff.encode_manifest(placeholder)), len(args_bytes))
-    head, tail = stub_layout.parts(plan.shift)
 
     def check_copy(temp: Path) -> None:
         if expected_sha256 is not None and digests.sha256 != expected_sha256:
@@ -161,8 +160,8 @@ def write_file(
             check_vocabulary_at(ModelSource(temp, plan.model.data_at), source.label)
 
     with atomic_output(output, check_copy) as target, _open_source(source) as model:
-        target.write(head)
-        target.write(bytes(plan.model.header_at - stub_layout.insert_at))
+        target.write(stub_layout.data)
+        target.write(bytes(plan.model.header_at - len(stub_layout.data)))
         target.write(plan.model.local_header())
         with progress_bar(source.size, f"Copying {source.file_name}") as bar:
             try:
@@ -179,13 +178,11 @@ def write_file(
             member.crc = zlib.crc32(data)
             target.write(member.local_header())
             target.write(data)
-        target.write(bytes(plan.tail_at - plan.args.end))
-        target.write(tail)
+        target.write(stub_layout.archive)
         target.write(ff.central_directory(plan))
         # The model's CRC is known only after the copy: patch its header.
         target.seek(plan.model.header_at)
         target.write(plan.model.local_header())
-        stub_layout.finish(target, plan.shift)  # type: ignore[arg-type]
     return BuildResult(output, manifest, source.header, output.stat().st_size)
 
 
@@ -215,17 +212,14 @@ def _write_with_model_beside(
     manifest["model"]["external"] = beside.name
     manifest_bytes = ff.encode_manifest(manifest)
     plan = ff.plan_file(stub_layout, None, len(manifest_bytes), len(args_bytes))
-    head, tail = stub_layout.parts(plan.shift)
     with atomic_output(output) as exe:
-        exe.write(head)
+        exe.write(stub_layout.data)
         for member, data in ((plan.manifest, manifest_bytes), (plan.args, args_bytes)):
             member.crc = zlib.crc32(data)
             exe.write(member.local_header())
             exe.write(data)
-        exe.write(bytes(plan.tail_at - plan.args.end))
-        exe.write(tail)
+        exe.write(stub_layout.archive)
         exe.write(ff.central_directory(plan))
-        stub_layout.finish(exe, plan.shift)  # type: ignore[arg-type]
     return BuildResult(output, manifest, source.header, output.stat().st_size, model_beside=beside)
 
 

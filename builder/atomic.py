@@ -31,7 +31,7 @@ def atomic_output(
         raise OutputError(f"cannot write to {folder}: {exc.strerror}") from None
     temp = Path(temp_name)
     try:
-        with os.fdopen(fd, "w+b", buffering=0) as file:  # read back for signing
+        with os.fdopen(fd, "wb", buffering=0) as file:
             yield file  # type: ignore[misc]
             file.flush()
             os.fsync(file.fileno())

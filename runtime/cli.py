@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .fileformat import FormatError, Layout, has_payload, merge_args, read_layout
+from .fileformat import FormatError, Layout, classify, merge_args, read_layout
 
 PROG = Path(sys.argv[0]).name if getattr(sys, "frozen", False) else "llamapack-runtime"
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, metavar="N",
                        help="layers to offload to a GPU (default: 0)")  # fmt: skip
     model.add_argument("--chat-template", metavar="NAME", help="built-in chat template to use")
+    model.add_argument("--system-prompt", metavar="TEXT", help="system message for chats that bring none")
     model.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
 
     sampling = parser.add_argument_group("generation (-p mode)")
@@ -119,12 +120,24 @@ def _main(user_args: list[str]) -> int:
 
 
 def _own_layout() -> Layout | None:
-    if not getattr(sys, "frozen", False) or not has_payload(sys.executable):
+    """The model and settings inside this file; None for a bare runtime stub.
+
+    Checked before anything loads: a file cut short (an interrupted download)
+    or whose sizes and offsets disagree with its manifest is refused here."""
+    if not getattr(sys, "frozen", False):
         return None
+    kind = classify(sys.executable)
+    if kind == "stub":
+        return None
+    if kind == "incomplete":
+        raise CliError(
+            f"{sys.executable} is incomplete: it ends early (an interrupted download or copy?); "
+            "download it again"
+        )
     try:
         return read_layout(sys.executable)
     except FormatError as exc:
-        raise CliError(f"{exc}. The file may be incomplete: download or copy it again.") from None
+        raise CliError(f"{exc}; download or copy the file again") from None
 
 
 def version_text(layout: Layout | None) -> str:
@@ -158,7 +171,7 @@ def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Any:
             raise CliError(f"no such model file: {args.model}")
         template: dict[str, Any] = {"source": "builtin", "name": "chatml"}
     elif layout is not None:
-        source = ModelSource(layout.path, layout.model_offset)
+        source = ModelSource(layout.model_path, layout.model_offset)
         template = layout.manifest.get("chat_template", {"source": "gguf"})
     else:
         raise CliError("no model: pass -m FILE.gguf (this runtime has none inside)")

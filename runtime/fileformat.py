@@ -3,28 +3,25 @@ and the runtime (which reads it).
 
 A built file is at once the runtime executable and a ZIP archive::
 
-    [stub head: the executable image, up to PyInstaller's archive]
+    [runtime stub, byte for byte: executable image + PyInstaller archive]
     [model.gguf local header, padded] [GGUF bytes, 64 KiB aligned, STORED]
     [manifest.json local header + data] [.args local header + data]
-    [zero padding to a 4 KiB multiple]
-    [stub tail: PyInstaller's archive and cookie (+ ELF section headers)]
+    [a copy of PyInstaller's archive, ending with its cookie]
     [ZIP central directory] [ZIP64 end records when needed] [end record]
 
 Why this order:
 
-* PyInstaller's bootloader finds its archive by scanning backwards from the
-  end of the file for a cookie, in every process of a launch, and addresses
-  the archive relative to that cookie. Keeping the archive near the end keeps
-  that scan short however big the model is (3 GiB appended after the cookie
-  took 21 s to launch, inserted before it 0.4 s).
+* PyInstaller's bootloader scans backwards from the end for its cookie at
+  every launch; the archive copy puts it a few hundred bytes from the end
+  however big the model is (see `executables.py`).
 * ZIP readers start from the end record and follow absolute offsets, so the
-  stub's tail between the entries and the central directory is invisible to
-  them, and `unzip -l` / `zipfile` see exactly three members.
+  stub before the entries and the archive copy between the entries and the
+  central directory are invisible to them: `unzip -l` and `zipfile` see three
+  members.
 * llama.cpp maps tensors at their absolute file offsets, so the GGUF data must
   be aligned in the file; 64 KiB also satisfies every page size in use.
-* How each executable format (ELF, PE, Mach-O) is split and patched around
-  the insertion lives in `executables.py`; this module owns the ZIP layout,
-  the manifest and `.args`.
+* A Windows file that would reach 4 GiB keeps the model beside it instead
+  (`model.external` in the manifest), since Windows will not start it.
 """
 
 from __future__ import annotations
@@ -37,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .executables import INSERT_GRANULE, Stub, StubError, read_stub
+from .executables import PYI_COOKIE_MAGIC, STUB_TAIL_LIMIT, Stub, StubError, read_stub
 
-__all__ = ["INSERT_GRANULE", "Stub", "StubError", "read_stub"]  # the executable side, re-exported
+__all__ = ["Stub", "StubError", "read_stub"]  # the executable side, re-exported
 
 FORMAT_VERSION = 1
 MODEL_ALIGNMENT = 64 * 1024
@@ -124,36 +121,35 @@ class Plan:
     model: Member | None  # None when the model lies beside the executable
     manifest: Member
     args: Member
-    tail_at: int
     members: list[Member] = field(default_factory=list)
 
     @property
-    def shift(self) -> int:
-        return self.tail_at - self.stub.insert_at
+    def archive_at(self) -> int:
+        return self.args.end
 
     @property
     def central_directory_at(self) -> int:
-        return self.tail_at + self.stub.tail_length(self.shift)
+        return self.archive_at + len(self.stub.archive)
 
 
 def place_model(stub: Stub, model_name: str, model_size: int) -> Member:
     """The model's ZIP member, placed so its data starts 64 KiB aligned."""
+    start = len(stub.data)
     name_len = len(model_name.encode())
     zip64_extra = 20 if model_size >= _MAX32 else 0
-    data_at = _align_up(stub.insert_at + _LOCAL_HEADER.size + name_len + zip64_extra + 6, MODEL_ALIGNMENT)
+    data_at = _align_up(start + _LOCAL_HEADER.size + name_len + zip64_extra + 6, MODEL_ALIGNMENT)
     # Padding lives in the header's extra field (max 64 KiB); any excess becomes
     # a gap before the header, which ZIP readers never look at.
-    extra_len = min(data_at - stub.insert_at - _LOCAL_HEADER.size - name_len, 0xFFFF)
+    extra_len = min(data_at - start - _LOCAL_HEADER.size - name_len, 0xFFFF)
     header_at = data_at - _LOCAL_HEADER.size - name_len - extra_len
     return Member(model_name, model_size, header_at, extra_len)
 
 
 def plan_file(stub: Stub, model: Member | None, manifest_len: int, args_len: int) -> Plan:
-    manifest = Member(MANIFEST_NAME, manifest_len, header_at=model.end if model else stub.insert_at)
+    manifest = Member(MANIFEST_NAME, manifest_len, header_at=model.end if model else len(stub.data))
     args = Member(ARGS_NAME, args_len, header_at=manifest.end)
-    tail_at = stub.insert_at + _align_up(args.end - stub.insert_at, INSERT_GRANULE)
     members = [model, manifest, args] if model else [manifest, args]
-    return Plan(stub, model, manifest, args, tail_at, members)
+    return Plan(stub, model, manifest, args, members)
 
 
 def _align_up(value: int, alignment: int) -> int:
@@ -256,12 +252,23 @@ class Layout:
         return self.model_path != self.path
 
 
-def has_payload(path: str | Path) -> bool:
-    """False for a bare runtime stub: an executable with no ZIP end record."""
+def classify(path: str | Path) -> str:
+    """ "built" (a ZIP end record), "stub" (a bare runtime: its cookie is near
+    the end) or "incomplete" (neither: a built file cut short)."""
     try:
-        return zipfile.is_zipfile(path)
+        if zipfile.is_zipfile(path):
+            return "built"
+        with open(path, "rb") as raw:
+            size = raw.seek(0, io.SEEK_END)
+            raw.seek(max(0, size - STUB_TAIL_LIMIT))
+            tail = raw.read()
     except OSError:
-        return False
+        return "incomplete"
+    cookie_at = tail.rfind(PYI_COOKIE_MAGIC)
+    # A built file's first ZIP entry follows the stub; a bare stub has none.
+    if cookie_at < 0 or struct.pack("<I", _LOCAL_SIG) in tail[cookie_at:]:
+        return "incomplete"
+    return "stub"
 
 
 def read_layout(path: str | Path) -> Layout:

@@ -126,72 +126,9 @@ def pe_stub(archive_payload: bytes = b"PE-archive" * 50, signed: bool = False) -
 
 
 def macho_stub(archive_payload: bytes = b"macho-archive" * 40) -> bytes:
-    """A minimal arm64 Mach-O laid out as PyInstaller leaves it: the archive is the
-    tail of the string table inside __LINKEDIT, then an ad-hoc code signature."""
-    from llamapack.runtime.executables import SIGNING_IDENTIFIER, adhoc_signature
-
-    text_size = 0x4000
-    strings = b"\0_main\0"
-    archive = pyinstaller_archive(archive_payload, b"Python")
-    strtab_at = text_size
-    signature_at = strtab_at + len(strings) + len(archive)
-    signature_at += -signature_at % 16
-    commands = [
-        struct.pack("<II16sQQQQiiII", 0x19, 72, b"__TEXT", 0x100000000, text_size, 0, text_size, 5, 5, 0, 0),
-        None,  # __LINKEDIT, sized once the signature length is known
-        struct.pack("<IIIIII", 0x2, 24, strtab_at, 0, strtab_at, signature_at - strtab_at),
-        None,  # LC_CODE_SIGNATURE
-    ]
-    pages = (signature_at + 4095) // 4096
-    sig_len = len(adhoc_signature([b""] * pages, SIGNING_IDENTIFIER, signature_at, (0, text_size)))
-    linkedit_size = signature_at + sig_len - text_size
-    vmsize = -(-linkedit_size // 0x4000) * 0x4000
-    commands[1] = struct.pack(
-        "<II16sQQQQiiII", 0x19, 72, b"__LINKEDIT", 0x100000000 + text_size, vmsize, text_size,
-        linkedit_size, 1, 1, 0, 0,
-    )  # fmt: skip
-    commands[3] = struct.pack("<IIII", 0x1D, 16, signature_at, sig_len)
-    body = b"".join(c for c in commands if c)
-    header = struct.pack("<IiiIIIII", 0xFEEDFACF, 0x0100000C, 0, 2, len(commands), len(body), 0x200085, 0)
-    image = bytearray(header + body)
-    image += bytes(text_size - len(image))
-    image += strings + archive
-    image += bytes(signature_at - len(image))
-    page_list = [bytes(image[i : i + 4096]) for i in range(0, signature_at, 4096)]
-    image += adhoc_signature(page_list, SIGNING_IDENTIFIER, signature_at, (0, text_size))
-    return bytes(image)
-
-
-def macho_commands(data: bytes) -> dict[str, tuple[int, ...]]:
-    """__LINKEDIT (fileoff, filesize), symtab (stroff, strsize) and signature (offset, size)."""
-    ncmds = struct.unpack_from("<I", data, 16)[0]
-    at, found = 32, {}
-    for _ in range(ncmds):
-        cmd, size = struct.unpack_from("<II", data, at)
-        if cmd == 0x19 and data[at + 8 : at + 24].rstrip(b"\0") == b"__LINKEDIT":
-            found["linkedit"] = struct.unpack_from("<QQ", data, at + 40)
-        elif cmd == 0x2:
-            found["symtab"] = struct.unpack_from("<II", data, at + 16)
-        elif cmd == 0x1D:
-            found["signature"] = struct.unpack_from("<II", data, at + 8)
-        at += size
-    return found
-
-
-def check_adhoc_signature(data: bytes) -> None:
-    """Every page hash of the CodeDirectory must match the file's pages."""
-    import hashlib
-
-    sig_at, sig_len = macho_commands(data)["signature"]
-    blob = data[sig_at : sig_at + sig_len]
-    magic, _, count = struct.unpack_from(">III", blob, 0)
-    assert magic == 0xFADE0CC0 and count == 2
-    _, cd_at = struct.unpack_from(">II", blob, 12)
-    fields = struct.unpack_from(">IIIIIIIIIBBBB", blob, cd_at)
-    magic, _, version, flags, hash_at, _, _, n_code, code_limit, hash_size, hash_type, _, page_bits = fields
-    assert magic == 0xFADE0C02 and flags & 0x2 and hash_type == 2 and code_limit == sig_at
-    page = 1 << page_bits
-    assert n_code == -(-code_limit // page)
-    for i in range(n_code):
-        expected = blob[cd_at + hash_at + i * hash_size : cd_at + hash_at + (i + 1) * hash_size]
-        assert hashlib.sha256(data[i * page : min((i + 1) * page, code_limit)]).digest() == expected, i
+    """An arm64 Mach-O header, then PyInstaller's archive as the string table's
+    tail, then (as PyInstaller leaves it) an ad-hoc code signature blob."""
+    header = struct.pack("<IiiIIIII", 0xFEEDFACF, 0x0100000C, 0, 2, 0, 0, 0x200085, 0)
+    image = header + bytes(0x4000 - len(header)) + b"\0_main\0"
+    signature = struct.pack(">III", 0xFADE0CC0, 12, 0) + bytes(500)
+    return image + pyinstaller_archive(archive_payload, b"Python") + signature

@@ -76,9 +76,7 @@ class Server:
 
     def python_pid(self) -> int:
         """PyInstaller's bootloader runs the Python program in a child process."""
-        children = (
-            Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        )
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         return int(children[0]) if children else self.process.pid
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
@@ -126,9 +124,7 @@ def test_help_lists_llamafile_flags(gemma_file):
 
 
 def test_prompt_mode_prints_a_completion(gemma_file):
-    result = run_file(
-        gemma_file, "-p", "The capital of France is", "-n", "12", "--temp", "0", "-t", "2"
-    )
+    result = run_file(gemma_file, "-p", "The capital of France is", "-n", "12", "--temp", "0", "-t", "2")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert "Traceback" not in result.stderr
@@ -149,10 +145,7 @@ def test_server_chat_and_clean_exit(server, gemma_file, gemma_gguf):
     pid = server.python_pid()
     maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
     mapped = [line for line in maps if line.endswith(str(gemma_file.resolve()))]
-    spans = [
-        int(end, 16) - int(start, 16)
-        for start, end in (line.split()[0].split("-") for line in mapped)
-    ]
+    spans = [int(end, 16) - int(start, 16) for start, end in (line.split()[0].split("-") for line in mapped)]
     header = read_header(gemma_gguf)
     assert max(spans) >= header.data_end - header.data_offset  # every tensor byte, in place
     model_size = header.file_size
@@ -205,16 +198,12 @@ def test_user_arguments_override_the_defaults(gemma_file):
 
 
 def test_bare_stub_runs_without_a_model(runtime_stub, gemma_gguf):
-    version = subprocess.run(
-        [str(runtime_stub), "--version"], capture_output=True, text=True, timeout=60
-    )
+    version = subprocess.run([str(runtime_stub), "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and "llamapack" in version.stdout
     command = [str(runtime_stub), "-m", str(gemma_gguf), "-p", "Hello", "-n", "4", "-t", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    missing = subprocess.run(
-        [str(runtime_stub), "-p", "Hello"], capture_output=True, text=True, timeout=60
-    )
+    missing = subprocess.run([str(runtime_stub), "-p", "Hello"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no model" in missing.stderr
 
 
@@ -222,3 +211,32 @@ def test_bad_flag_values_are_one_line_errors(gemma_file):
     result = run_file(gemma_file, "--port", "99999")
     assert result.returncode == 1 and "--port" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_cut_short_says_so(gemma_file, tmp_path):
+    """An interrupted download: the end of the file (ZIP directory, archive copy) is gone.
+    The bootloader still finds the stub's own archive, and the runtime refuses clearly."""
+    cut = tmp_path / "partial-download"
+    with gemma_file.open("rb") as whole, cut.open("wb") as part:
+        part.write(whole.read(gemma_file.stat().st_size // 2))
+    cut.chmod(0o755)
+    result = run_file(cut, "-p", "Hello", "-n", "2")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "incomplete" in lines[0] and "download it again" in lines[0]
+
+
+def test_a_model_that_does_not_match_its_manifest_is_refused(gemma_file, tmp_path):
+    """Sizes and offsets are checked against the manifest before loading."""
+    import zipfile
+
+    damaged = tmp_path / "damaged"
+    data = bytearray(gemma_file.read_bytes())
+    layout = ff.read_layout(gemma_file)
+    data[layout.model_offset : layout.model_offset + 4] = b"XXXX"  # the GGUF magic
+    damaged.write_bytes(bytes(data))
+    damaged.chmod(0o755)
+    assert zipfile.is_zipfile(damaged)
+    result = run_file(damaged, "-p", "Hello", "-n", "2")
+    assert result.returncode == 1 and "download or copy the file again" in result.stderr
+    assert "Traceback" not in result.stderr

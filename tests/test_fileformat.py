@@ -19,9 +19,7 @@ from llamapack.runtime.executables import read_stub
 from .fakes import (
     COOKIE,
     COOKIE_MAGIC,
-    check_adhoc_signature,
     elf_stub,
-    macho_commands,
     macho_stub,
     pe_stub,
     read_sections,
@@ -60,32 +58,27 @@ def test_unzip_lists_and_tests_the_file(tiny_gguf, fake_stub, tmp_path):
     assert "No errors detected" in tested.stdout
 
 
-def test_stub_head_is_kept_and_elf_sections_follow_the_archive(tiny_gguf, fake_stub, tmp_path):
+def test_the_stub_is_kept_byte_for_byte(tiny_gguf, fake_stub, tmp_path):
+    """No executable format is patched: ELF sections, PE images and Mach-O
+    signatures stay exactly as PyInstaller made them."""
     stub = fake_stub.read_bytes()
     out = _build(tiny_gguf, fake_stub, tmp_path / "model").read_bytes()
-    old, new = read_sections(stub), read_sections(out)
-    pydata_at, pydata_size = old["pydata"]
-    assert out[:pydata_at][:0x28] == stub[:0x28]  # ELF identity and entry point untouched
-    assert out[0x40:pydata_at] == stub[0x40:pydata_at]  # program headers and code untouched
-    new_at, new_size = new["pydata"]
-    assert new_size == pydata_size
-    assert out[new_at : new_at + new_size] == stub[pydata_at : pydata_at + pydata_size]
-    assert (new_at - pydata_at) % ff.INSERT_GRANULE == 0
-    shstr_at, shstr_size = new[".shstrtab"]
-    assert out[shstr_at : shstr_at + shstr_size] == stub[old[".shstrtab"][0] :][:shstr_size]
+    assert out[: len(stub)] == stub
+    assert read_sections(out) == read_sections(stub)
 
 
 def test_bootloader_finds_its_archive_from_the_end(tiny_gguf, fake_stub, tmp_path):
     """PyInstaller's bootloader scans backwards for the cookie and addresses the
-    archive relative to it; the archive must come out whole."""
+    archive relative to it: the last cookie must lead to a whole archive, and
+    sit a few hundred bytes from the end, not behind the model."""
+    stub = read_stub(fake_stub.read_bytes())
     out = _build(tiny_gguf, fake_stub, tmp_path / "model").read_bytes()
     cookie_at = out.rfind(COOKIE_MAGIC)
     archive_len = COOKIE.unpack_from(out, cookie_at)[1]
     archive_at = cookie_at + COOKIE.size - archive_len
-    assert out[archive_at : archive_at + 16] == b"PYZ-fake-archive"
-    assert archive_at == read_sections(out)["pydata"][0]
-    # Only the short tail is scanned: the cookie sits within a few KiB of the end.
-    assert len(out) - cookie_at < 4096
+    assert out[archive_at : cookie_at + COOKIE.size] == stub.archive
+    assert archive_at > ff.read_layout(tmp_path / "model").model_offset  # after the model
+    assert len(out) - cookie_at < 1024
 
 
 def test_manifest_describes_the_model(tiny_gguf, fake_stub, tmp_path):
@@ -129,17 +122,16 @@ def test_alignment_holds_wherever_the_stub_ends(tmp_path, stub_size, tiny_gguf):
     assert zipfile.ZipFile(out).testzip() is None
 
 
-def test_pe_stub_keeps_its_image_and_archive(tiny_gguf, tmp_path):
-    """Windows: the archive is overlay data after the image; the model goes before it."""
-    stub = tmp_path / "stub.exe"
-    stub.write_bytes(pe_stub())
-    out = _build(tiny_gguf, stub, tmp_path / "model.exe").read_bytes()
-    image_len = read_stub(stub.read_bytes()).insert_at
-    assert out[:image_len] == stub.read_bytes()[:image_len]
+@pytest.mark.parametrize("make_stub", [pe_stub, macho_stub], ids=["pe", "macho"])
+def test_pe_and_macho_stubs_are_kept_and_found(make_stub, tiny_gguf, tmp_path):
+    stub = tmp_path / "stub"
+    stub.write_bytes(make_stub())
+    out = _build(tiny_gguf, stub, tmp_path / "model").read_bytes()
+    assert out.startswith(stub.read_bytes())  # a Mach-O signature stays as it was
     cookie_at = out.rfind(COOKIE_MAGIC)
     archive_at = cookie_at + COOKIE.size - COOKIE.unpack_from(out, cookie_at)[1]
-    assert out[archive_at:][:10] == b"PE-archive"
-    assert zipfile.ZipFile(tmp_path / "model.exe").testzip() is None
+    assert out[archive_at : cookie_at + COOKIE.size] == read_stub(stub.read_bytes()).archive
+    assert zipfile.ZipFile(tmp_path / "model").testzip() is None
 
 
 def test_signed_pe_stub_is_refused(tiny_gguf, tmp_path):
@@ -147,29 +139,6 @@ def test_signed_pe_stub_is_refused(tiny_gguf, tmp_path):
     stub.write_bytes(pe_stub(signed=True))
     with pytest.raises(Exception, match="Authenticode-signed"):
         _build(tiny_gguf, stub, tmp_path / "model.exe")
-
-
-def test_macho_stub_is_patched_and_signed_anew(tiny_gguf, tmp_path):
-    """macOS: the model joins the string table inside __LINKEDIT, and the ad-hoc
-    signature is rewritten to cover the new contents page by page."""
-    stub_data = macho_stub()
-    stub = tmp_path / "stub"
-    stub.write_bytes(stub_data)
-    out = _build(tiny_gguf, stub, tmp_path / "model").read_bytes()
-    check_adhoc_signature(out)
-    commands = macho_commands(out)
-    sig_at, sig_len = commands["signature"]
-    linkedit_off, linkedit_size = commands["linkedit"]
-    assert linkedit_off + linkedit_size == sig_at + sig_len  # __LINKEDIT ends with the signature
-    stroff, strsize = commands["symtab"]
-    cookie_at = out.rfind(COOKIE_MAGIC)
-    assert stroff + strsize >= cookie_at + COOKIE.size  # the archive stays inside the string table
-    archive_at = cookie_at + COOKIE.size - COOKIE.unpack_from(out, cookie_at)[1]
-    assert out[archive_at:][:13] == b"macho-archive"
-    layout = ff.read_layout(tmp_path / "model")
-    assert stroff < layout.model_offset < sig_at  # the model is signed too
-    assert zipfile.ZipFile(tmp_path / "model").testzip() is None
-    assert out[:0x20] == stub_data[:0x20]
 
 
 def test_zip64_when_the_model_passes_4_gib(tmp_path):
@@ -180,10 +149,9 @@ def test_zip64_when_the_model_passes_4_gib(tmp_path):
     manifest = ff.encode_manifest({"format": ff.FORMAT_VERSION, "model": {"file": "big.gguf", "size": size}})
     args = ff.encode_args(["..."])
     plan = ff.plan_file(stub, model, len(manifest), len(args))
-    head, tail = stub.parts(plan.shift)
     path = tmp_path / "big"
     with path.open("wb") as out:
-        out.write(head)
+        out.write(stub.data)
         out.seek(model.header_at)
         out.write(model.local_header())
         out.write(b"GGUF")
@@ -191,8 +159,7 @@ def test_zip64_when_the_model_passes_4_gib(tmp_path):
         for member, data in ((plan.manifest, manifest), (plan.args, args)):
             member.crc = zlib.crc32(data)
             out.write(member.local_header() + data)
-        out.seek(plan.tail_at)
-        out.write(tail + ff.central_directory(plan))
+        out.write(stub.archive + ff.central_directory(plan))
     with zipfile.ZipFile(path) as archive:
         assert archive.getinfo("big.gguf").file_size == size
         assert archive.getinfo(".args").header_offset > 2**32
@@ -206,7 +173,9 @@ def test_truncated_file_is_reported(tiny_gguf, fake_stub, tmp_path):
     data = out.read_bytes()
     cut = tmp_path / "cut"
     cut.write_bytes(data[: ff.read_layout(out).model_offset + 100])
-    assert not ff.has_payload(cut)
+    assert ff.classify(cut) == "incomplete"
+    assert ff.classify(out) == "built"
+    assert ff.classify(fake_stub) == "stub"
     with pytest.raises(ff.FormatError):
         ff.read_layout(cut)
 
