@@ -464,43 +464,57 @@ async function generate(chat) {
   setBusy(true);
   if (chat.id === state.currentId) renderMessages();
 
-  const started = performance.now();
-  let deltas = 0;
+  const progress = { started: performance.now(), deltas: 0, timings: null, usage: null };
   let failure = null;
-  const result = { timings: null, usage: null, finish: null };
   try {
-    const response = await fetch("/v1/chat/completions", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-      signal: controller.signal,
-    });
-    if (!response.ok) throw await httpError(response);
-    await readEvents(response, (chunk) => {
-      const choice = chunk.choices?.[0];
-      if (choice?.delta?.content) {
-        message.content += choice.delta.content;
-        deltas++;
-        scheduleRender();
-      }
-      if (choice?.finish_reason) result.finish = choice.finish_reason;
-      if (chunk.timings) result.timings = chunk.timings;
-      if (chunk.usage) result.usage = chunk.usage;
-      if (chunk.error) throw new ChatError("stream", chunk.error.message);
-    });
+    await streamReply(body, controller.signal, message, progress);
+    // A stream that ends without a finish reason was cut off (server stopped).
+    if (!progress.finish) throw new ChatError("incomplete", "the reply ended early");
   } catch (error) {
-    if (error.name !== "AbortError") failure = error;
+    if (!controller.signal.aborted) failure = error;
   }
+  message.meta = replyMeta(progress, controller.signal.aborted);
+  finishGeneration(chat, message, failure);
+}
 
-  const stopped = controller.signal.aborted;
-  const seconds = (performance.now() - started) / 1000;
-  message.meta = {
-    completionTokens: result.usage?.completion_tokens ?? result.timings?.predicted_n ?? deltas,
-    promptTokens: result.usage?.prompt_tokens ?? result.timings?.prompt_n ?? null,
-    tokensPerSecond: result.timings?.predicted_per_second ?? (seconds > 0 ? deltas / seconds : 0),
-    finish: result.finish,
+/** Streams one reply into `message.content`, noting timings and usage in `progress`. */
+async function streamReply(body, signal, message, progress) {
+  const response = await fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+    signal,
+  });
+  if (!response.ok) throw await httpError(response);
+  await readEvents(response, (chunk) => {
+    const choice = chunk.choices?.[0];
+    if (choice?.delta?.content) {
+      message.content += choice.delta.content;
+      progress.deltas++;
+      scheduleRender();
+    }
+    if (choice?.finish_reason) progress.finish = choice.finish_reason;
+    if (chunk.timings) progress.timings = chunk.timings;
+    if (chunk.usage) progress.usage = chunk.usage;
+    if (chunk.error) throw new ChatError("stream", chunk.error.message);
+  });
+}
+
+// The server's own counts when the reply finished; when it was stopped, the
+// client's estimate (one streamed piece is about one token).
+function replyMeta(progress, stopped) {
+  const { timings, usage, deltas } = progress;
+  const seconds = (performance.now() - progress.started) / 1000;
+  return {
+    completionTokens: usage?.completion_tokens ?? timings?.predicted_n ?? deltas,
+    promptTokens: usage?.prompt_tokens ?? timings?.prompt_n ?? null,
+    tokensPerSecond: timings?.predicted_per_second ?? (seconds > 0 ? deltas / seconds : 0),
+    finish: progress.finish,
     stopped,
   };
+}
+
+function finishGeneration(chat, message, failure) {
   delete message.pending;
   if (!message.content) chat.messages.splice(chat.messages.indexOf(message), 1);
   const { view } = state.streaming;
@@ -514,10 +528,8 @@ async function generate(chat) {
   if (message.content && view?.isConnected) finishView(view, chat, message);
   else renderMessages();
   if (failure) showError(failure, () => retry(chat));
-  else if (stopped) announce("Stopped.");
-  else if (view?.isConnected) {
-    announce(`The model replied: ${view.querySelector(".content").textContent}`);
-  }
+  else if (message.meta.stopped) announce("Stopped.");
+  else announce(`The model replied: ${view?.querySelector(".content").textContent ?? ""}`);
 }
 
 // The conversation is not a live region (re-rendering it would read it all out
@@ -623,6 +635,9 @@ function explain(error) {
       return "The model is still loading. Retry in a moment.";
     case "stream":
       return "The model stopped with an error before finishing its reply.";
+    case "incomplete":
+      return "The connection to the model server broke off before the reply was finished. " +
+        "Retry, or start the server again if it was closed.";
     case "server":
       return "The server could not answer this request.";
     default:
@@ -666,7 +681,8 @@ async function watchServer() {
       const health = await fetch("/health", { cache: "no-store" });
       if (health.ok) break;
       const body = await health.json().catch(() => ({}));
-      setStatus(body.status === "error" ? `cannot load the model: ${body.error}` : "loading the model…");
+      const failed = body.status === "error";
+      setStatus(failed ? `cannot load the model: ${body.error}` : "loading the model…");
     } catch {
       setStatus("server unreachable, retrying…");
     }
