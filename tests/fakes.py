@@ -29,7 +29,21 @@ def write_gguf(
     writer.add_name("tiny test model")
     writer.add_context_length(context_length)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    # Enough hyperparameters and vocabulary for llama.cpp's vocab-only load.
+    add_tiny_vocabulary(writer)
+    if chat_template:
+        writer.add_chat_template(chat_template)
+    rng = np.random.default_rng(0)
+    writer.add_tensor("token_embd.weight", rng.random((tensor_elements // 64, 64), dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(64, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def add_tiny_vocabulary(writer: gguf.GGUFWriter) -> None:
+    """Enough hyperparameters and vocabulary for llama.cpp's vocab-only load."""
     writer.add_embedding_length(64)
     writer.add_block_count(1)
     writer.add_feed_forward_length(128)
@@ -41,16 +55,6 @@ def write_gguf(
     writer.add_token_list(tokens)
     writer.add_token_scores([0.0] * len(tokens))
     writer.add_token_types([2, 3, 3] + [6] * 256 + [1, 1])
-    if chat_template:
-        writer.add_chat_template(chat_template)
-    rng = np.random.default_rng(0)
-    writer.add_tensor("token_embd.weight", rng.random((tensor_elements // 64, 64), dtype=np.float32))
-    writer.add_tensor("output_norm.weight", np.ones(64, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def elf_stub(archive_payload: bytes = b"PYZ-fake-archive" * 64, machine: int = 0x3E) -> bytes:
