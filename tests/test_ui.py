@@ -139,10 +139,13 @@ class Session:
 def session(browser: Browser, server: str) -> Iterator[Session]:
     context = browser.new_context(viewport={"width": 1100, "height": 800})
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.rstrip("/"))
+    session = Session(context, server)
     try:
-        yield Session(context, server)
+        yield session
     finally:
         context.close()
+    # Whatever the test did, the page never reached beyond this machine.
+    assert {urlsplit(url).hostname for url in session.requests} <= {"127.0.0.1"}, session.requests
 
 
 # ------------------------------------------------------------------ helpers
@@ -424,6 +427,18 @@ def test_errors_are_explained_with_a_retry_button(session: Session) -> None:
     expect(error).to_be_hidden()
     expect(page.locator("#log .message")).to_have_count(2)
     assert all(model.sent_messages(i) == [("user", "Hello?")] for i in range(4))
+
+
+def test_escape_stops_a_reply_that_has_not_started(session: Session) -> None:
+    page = session.open()
+    page.route("**/v1/chat/completions", lambda route: None)  # never answers
+    send(page, "Hello?")
+    expect(page.locator("#stop")).to_be_visible()
+    page.keyboard.press("Escape")
+    wait_until_idle(page, timeout=5_000)
+    expect(page.locator("#prompt")).to_be_focused()
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator("#log .message")).to_have_count(1)  # no empty reply is kept
 
 
 # ------------------------------------------------------------------ editing, chats, settings
