@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .chat import ChatFormatter, ChatTemplateError
+from .embeddings import Embedder
 from .engine import Engine, Event, Request
 from .model import Model, ModelSource, init_backend
 from .params import BadRequest, Generation
@@ -23,9 +24,11 @@ class BackendOptions:
     n_gpu_layers: int = 0
     verbose: bool = False
     max_queue: int = 64
+    embedding: bool = False  # also serve /v1/embeddings (a second, small context)
 
 
 DEFAULT_CTX = 8192
+EMBEDDING_CTX = 2048
 
 
 class Backend:
@@ -42,12 +45,17 @@ class Backend:
                 n_threads=options.threads,
                 max_queue=options.max_queue,
             )
+            self.embedder: Embedder | None = None
+            if options.embedding:
+                self.embedder = Embedder(self.model, min(n_ctx, EMBEDDING_CTX), n_threads=options.threads)
         except BaseException:
             self.model.close()
             raise
 
     def close(self) -> None:
         self.engine.close()
+        if self.embedder is not None:
+            self.embedder.close()
         self.model.close()
 
     def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> list[int]:
@@ -60,21 +68,32 @@ class Backend:
     def text_prompt(self, text: str) -> list[int]:
         return self.model.tokenize(text, add_special=True)
 
-    async def generate(
-        self, prompt: list[int], generation: Generation
-    ) -> AsyncGenerator[Event, None]:
-        """Submit a request and yield its events; cancels it if the consumer stops early."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
-        request = Request(
+    def _request(self, prompt: list[int], generation: Generation, on_event: Any) -> Request:
+        return Request(
             prompt=prompt,
             params=generation.sampling,
             max_tokens=generation.max_tokens,
             stop=generation.stop,
             ignore_eos=generation.ignore_eos,
-            on_event=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            logprobs=generation.logprobs,
+            cache_prompt=generation.cache_prompt,
+            on_event=on_event,
         )
-        self.engine.submit(request)
+
+    async def generate(self, prompt: list[int], generation: Generation) -> AsyncGenerator[Event, None]:
+        """Submit a request and yield its events; cancels it if the consumer stops early."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        request = self._request(
+            prompt,
+            generation,
+            lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+        )
+        if generation.sampling.grammar:
+            # Building the sampler parses the grammar: off the event loop.
+            await asyncio.to_thread(self.engine.submit, request)
+        else:
+            self.engine.submit(request)
         try:
             while True:
                 event = await events.get()
@@ -89,14 +108,7 @@ class Backend:
         import queue
 
         events: queue.Queue[Event] = queue.Queue()
-        request = Request(
-            prompt=prompt,
-            params=generation.sampling,
-            max_tokens=generation.max_tokens,
-            stop=generation.stop,
-            ignore_eos=generation.ignore_eos,
-            on_event=events.put,
-        )
+        request = self._request(prompt, generation, events.put)
         self.engine.submit(request)
         try:
             while True:

@@ -50,27 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--version", action="store_true", help="print versions and exit")
 
     server = parser.add_argument_group("server")
-    server.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
-    )
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     server.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
     server.add_argument("--alias", metavar="NAME", help="model id in the API (default: file name)")
     server.add_argument(
         "-np", "--parallel", type=int, default=4, metavar="N",
         help="requests decoded together (default: %(default)s)",
     )  # fmt: skip
+    server.add_argument(
+        "--max-queue", type=int, default=64, metavar="N",
+        help="requests that may wait for a slot; more get 503 (default: %(default)s)",
+    )  # fmt: skip
+    server.add_argument("--embedding", action="store_true", help="also serve /v1/embeddings")
+    server.add_argument("--api-key", metavar="KEY", help="require this bearer key on the API")
 
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "-m", "--model", metavar="GGUF", help="use this GGUF instead of the embedded one"
-    )
+    model.add_argument("-m", "--model", metavar="GGUF", help="use this GGUF instead of the embedded one")
     model.add_argument(
         "-c", "--ctx-size", type=int, default=0, metavar="N",
         help="context size in tokens (default: the model's, at most 8192)",
     )  # fmt: skip
-    model.add_argument(
-        "-t", "--threads", type=int, metavar="N", help="CPU threads (default: cores)"
-    )
+    model.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: cores)")
     model.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, metavar="N",
                        help="layers to offload to a GPU (default: 0)")  # fmt: skip
     model.add_argument("--chat-template", metavar="NAME", help="built-in chat template to use")
@@ -151,6 +151,8 @@ def version_text(layout: Layout | None) -> str:
 
 
 def _check_ranges(args: argparse.Namespace) -> None:
+    if args.max_queue < 0:
+        raise CliError("--max-queue must be 0 or more")
     for name in ("parallel", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -185,6 +187,8 @@ def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Any:
         threads=args.threads or physical_cores(),
         n_gpu_layers=args.n_gpu_layers,
         verbose=args.verbose,
+        max_queue=args.max_queue,
+        embedding=args.embedding and args.prompt is None,
     )
 
 
@@ -278,6 +282,7 @@ def _serve(args: argparse.Namespace, options: Any, layout: Layout | None) -> int
         manifest=layout.manifest if layout else {},
         on_ready=on_ready,
         on_load_error=on_load_error,
+        api_key=args.api_key,
     )
     print(f"{PROG}: loading {name}, serving on {url}", file=sys.stderr, flush=True)
     # SIGTERM and SIGINT end the server alike: in-flight streams close and the
@@ -304,12 +309,8 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise CliError(
-                f"port {port} on {host} is already in use; choose another with --port"
-            ) from None
-        raise CliError(
-            f"cannot listen on {host}:{port}: {exc.strerror}; check --host and --port"
-        ) from None
+            raise CliError(f"port {port} on {host} is already in use; choose another with --port") from None
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}; check --host and --port") from None
     return sock
 
 

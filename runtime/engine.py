@@ -1,12 +1,18 @@
 """Generation with continuous batching on one llama.cpp context.
 
 One thread owns the context. Every step it admits waiting requests into free
-slots (one sequence id each), builds one `llama_batch` holding the next prompt
-chunk or the last sampled token of every active slot, runs one `llama_decode`
-and samples each slot from its own logits. A request that arrives joins the
-running batch at the next step instead of waiting for the others to finish.
+slots (one sequence id each), builds one `llama_batch` holding the last sampled
+token of every generating slot and the next prompt chunk of every prompting
+one, runs one `llama_decode` and samples each slot from its own logits. A
+request that arrives joins the running batch at the next step instead of
+waiting for the others to finish.
 
-Results flow back through `Request.events`, a callback the caller supplies
+Prompt cache: a slot keeps its KV cache when its request ends. A new request
+goes to the free slot whose cached tokens share the longest prefix with its
+prompt, and only the rest of the prompt is evaluated, so a chat's follow-up
+turn costs its new tokens, not its whole history.
+
+Results flow back through `Request.on_event`, a callback the caller supplies
 (the server turns it into an asyncio queue), so nothing here knows about HTTP.
 """
 
@@ -20,34 +26,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp.llama_cpp as llama
+import numpy as np
 
 from .model import Model, TextDecoder
+from .sampling import RequestError, Sampler, SamplingParams
+
+# A free slot is reused for its cache only when the shared prefix is at least
+# this share of the new prompt; otherwise the least recently used slot is
+# taken, so one unrelated request does not evict a conversation (llama-server's
+# default `slot_prompt_similarity`).
+_SIMILARITY = 0.1
 
 
 class QueueFullError(Exception):
     """Every slot is busy and the waiting queue is full."""
 
 
-class RequestError(ValueError):
-    """The request cannot be served as asked (prompt too long, ...)."""
-
-
-@dataclass
-class SamplingParams:
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-
-
 @dataclass
 class Usage:
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV cache was reused, not evaluated
     completion_tokens: int = 0
     prompt_ms: float = 0.0
     predicted_ms: float = 0.0
@@ -56,14 +54,22 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    @property
+    def evaluated_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_tokens
+
     def timings(self) -> dict[str, float]:
         """llama-server's `timings` object."""
+        prompt_n = self.evaluated_tokens
         return {
-            "prompt_n": self.prompt_tokens,
+            "cache_n": self.cached_tokens,
+            "prompt_n": prompt_n,
             "prompt_ms": self.prompt_ms,
-            "prompt_per_second": _per_second(self.prompt_tokens, self.prompt_ms),
+            "prompt_per_token_ms": _per_token(self.prompt_ms, prompt_n),
+            "prompt_per_second": _per_second(prompt_n, self.prompt_ms),
             "predicted_n": self.completion_tokens,
             "predicted_ms": self.predicted_ms,
+            "predicted_per_token_ms": _per_token(self.predicted_ms, self.completion_tokens),
             "predicted_per_second": _per_second(self.completion_tokens, self.predicted_ms),
         }
 
@@ -72,14 +78,31 @@ def _per_second(count: int, ms: float) -> float:
     return count / ms * 1000.0 if ms > 0 else 0.0
 
 
+def _per_token(ms: float, count: int) -> float:
+    return ms / count if count else 0.0
+
+
+@dataclass
+class TokenLogprob:
+    """One sampled token with its log-probability and the most likely alternatives."""
+
+    token: int
+    piece: bytes
+    logprob: float
+    top: list[tuple[int, bytes, float]] = field(default_factory=list)
+
+
 @dataclass
 class Event:
     """Text produced, or the end of generation (`finish_reason` set)."""
 
     text: str = ""
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "stop" or "length"
     usage: Usage = field(default_factory=Usage)
     error: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    stop_type: str = "none"  # llama-server's: "eos", "word", "limit" or "none"
+    stopping_word: str = ""
 
 
 @dataclass
@@ -90,7 +113,10 @@ class Request:
     on_event: Callable[[Event], Any]
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k: each token's logprob and k alternatives
+    cache_prompt: bool = True
     cancelled: threading.Event = field(default_factory=threading.Event)
+    sampler: Sampler | None = None  # built by Engine.submit, freed when the request ends
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -100,19 +126,24 @@ class _Slot:
     def __init__(self, seq_id: int):
         self.seq_id = seq_id
         self.request: Request | None = None
+        self.cached: list[int] = []  # the tokens whose KV cells this sequence holds
+        self.last_used = 0.0
 
-    def start(self, request: Request, sampler: int) -> None:
+    def start(self, request: Request, reused: int) -> None:
         self.request = request
-        self.sampler = sampler
-        self.n_past = 0
-        self.next_prompt = 0
+        self.next_prompt = reused
         self.last_token = -1
         self.generated = 0
         self.decoder = TextDecoder()
         self.text = ""  # generated text not yet sent (held back for stop strings)
-        self.usage = Usage(prompt_tokens=len(request.prompt))
+        self.pending: list[TokenLogprob] = []  # logprobs of tokens in `text`
+        self.usage = Usage(prompt_tokens=len(request.prompt), cached_tokens=reused)
         self.started = time.perf_counter()
         self.first_token_at = 0.0
+
+    @property
+    def n_past(self) -> int:
+        return len(self.cached)
 
     @property
     def prompting(self) -> bool:
@@ -131,6 +162,7 @@ class Engine:
         n_threads: int | None = None,
         n_batch: int = 2048,
         max_queue: int = 64,
+        swa_full: bool = False,
     ):
         self.model = model
         self.n_parallel = n_parallel
@@ -143,6 +175,7 @@ class Engine:
         # One pool for all slots, as llama-server does: a single long
         # conversation may use the whole context while others are idle.
         params.kv_unified = True
+        params.swa_full = swa_full
         params.no_perf = True
         if n_threads:
             params.n_threads = n_threads
@@ -153,6 +186,9 @@ class Engine:
         self.n_ctx = llama.llama_n_ctx(self.ctx)
         self.n_batch = n_batch
         self.n_threads = params.n_threads
+        # With a sliding window the cache keeps only the last n_swa positions
+        # (unless swa_full), so a prefix can be reused only if its tail is there.
+        self.n_swa = 0 if swa_full else llama.llama_model_n_swa(model.pointer)
         self.memory = llama.llama_get_memory(self.ctx)
         self.batch = llama.llama_batch_init(n_batch, 0, n_parallel)
         self.slots = [_Slot(i) for i in range(n_parallel)]
@@ -171,8 +207,11 @@ class Engine:
             )
         if not request.prompt:
             raise RequestError("the prompt is empty")
+        if request.sampler is None:
+            request.sampler = Sampler(request.params, self.model)
         with self._wake:
             if len(self.waiting) >= self.max_queue:
+                _free_sampler(request)
                 raise QueueFullError("the server is busy; try again shortly")
             self.waiting.append(request)
             self._wake.notify()
@@ -208,60 +247,104 @@ class Engine:
             if slot.request is not None:
                 self._finish(slot, "stop", error="the server is shutting down")
         for request in self.waiting:
+            _free_sampler(request)
             request.on_event(Event(finish_reason="stop", error="the server is shutting down"))
 
     def _admit(self) -> None:
-        for slot in self.slots:
-            if slot.request is None and self.waiting:
-                request = self.waiting.popleft()
-                if request.cancelled.is_set():
-                    continue
-                llama.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
-                slot.start(request, _make_sampler(request.params, self.model.n_vocab))
+        """Move waiting requests, first come first served, into free slots."""
+        while self.waiting:
+            free = [slot for slot in self.slots if slot.request is None]
+            if not free:
+                return
+            request = self.waiting.popleft()
+            if request.cancelled.is_set():
+                _free_sampler(request)
+                continue
+            slot, shared = self._pick_slot(free, request)
+            slot.start(request, self._reuse_prefix(slot, shared, len(request.prompt)))
+
+    def _pick_slot(self, free: list[_Slot], request: Request) -> tuple[_Slot, int]:
+        if request.cache_prompt:
+            best, shared = None, 0
+            for slot in free:
+                length = _common_prefix(slot.cached, request.prompt)
+                if length > shared:
+                    best, shared = slot, length
+            if best is not None and shared > _SIMILARITY * len(request.prompt):
+                return best, shared
+        return min(free, key=lambda slot: slot.last_used), 0
+
+    def _reuse_prefix(self, slot: _Slot, shared: int, prompt_length: int) -> int:
+        """Drop the slot's cache after `shared` tokens; return how many are kept."""
+        # The last prompt token is always evaluated: its logits give the first token.
+        keep = min(shared, prompt_length - 1)
+        if keep > 0 and llama.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
+            pos_min = llama.llama_memory_seq_pos_min(self.memory, slot.seq_id)
+            if not self.n_swa or pos_min <= max(0, keep - self.n_swa):
+                del slot.cached[keep:]
+                return keep
+        llama.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+        slot.cached = []
+        return 0
 
     def _step(self) -> None:
         batch = self.batch
         batch.n_tokens = 0
         outputs: list[tuple[_Slot, int]] = []
-        budget = self.n_batch
+        active = []
         for slot in self.slots:
-            request = slot.request
-            if request is None:
+            if slot.request is None:
                 continue
-            if request.cancelled.is_set():
+            if slot.request.cancelled.is_set():
                 self._finish(slot, "stop")
-                continue
-            if slot.prompting:
-                take = min(budget, len(request.prompt) - slot.next_prompt)
-                if take == 0:
-                    continue
-                for token in request.prompt[slot.next_prompt : slot.next_prompt + take]:
-                    _batch_add(batch, token, slot.n_past, slot.seq_id, False)
-                    slot.n_past += 1
-                slot.next_prompt += take
-                budget -= take
-                if not slot.prompting:
-                    batch.logits[batch.n_tokens - 1] = True
-                    outputs.append((slot, batch.n_tokens - 1))
-            elif budget > 0:
+            else:
+                active.append(slot)
+        # Generating slots first: a long prompt must not take their place.
+        for slot in active:
+            if not slot.prompting:
                 _batch_add(batch, slot.last_token, slot.n_past, slot.seq_id, True)
-                slot.n_past += 1
-                budget -= 1
+                slot.cached.append(slot.last_token)
+                outputs.append((slot, batch.n_tokens - 1))
+        budget = self.n_batch - batch.n_tokens
+        for slot in active:
+            request = slot.request
+            assert request is not None
+            if not slot.prompting or budget <= 0:
+                continue
+            chunk = request.prompt[slot.next_prompt : slot.next_prompt + budget]
+            for token in chunk:
+                _batch_add(batch, token, slot.n_past, slot.seq_id, False)
+                slot.cached.append(token)
+            slot.next_prompt += len(chunk)
+            budget -= len(chunk)
+            if not slot.prompting:
+                batch.logits[batch.n_tokens - 1] = True
                 outputs.append((slot, batch.n_tokens - 1))
         if batch.n_tokens == 0:
             return
         status = llama.llama_decode(self.ctx, batch)
+        if status == 1 and self._evict_idle_caches():
+            status = llama.llama_decode(self.ctx, batch)
         if status != 0:
             # 1: no room left in the KV cache for this batch. Every slot in it
             # ends; the next step starts clean.
             reason = "the context is full" if status == 1 else f"llama_decode failed ({status})"
-            for slot in self.slots:
-                if slot.request is not None:
-                    self._finish(slot, "length", error=reason)
+            for slot in active:
+                self._finish(slot, "length", error=reason)
             return
         now = time.perf_counter()
         for slot, index in outputs:
             self._sample(slot, index, now)
+
+    def _evict_idle_caches(self) -> bool:
+        """Free the cells that idle slots keep for their prompt cache."""
+        evicted = False
+        for slot in self.slots:
+            if slot.request is None and slot.cached:
+                llama.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+                slot.cached = []
+                evicted = True
+        return evicted
 
     def _sample(self, slot: _Slot, index: int, now: float) -> None:
         request = slot.request
@@ -269,22 +352,39 @@ class Engine:
         if not slot.first_token_at:
             slot.first_token_at = now
             slot.usage.prompt_ms = (now - slot.started) * 1000.0
-        token = llama.llama_sampler_sample(slot.sampler, self.ctx, index)
+        assert request.sampler is not None
+        token = request.sampler.sample(self.ctx, index)
         if self.model.is_end_of_generation(token) and not request.ignore_eos:
-            self._finish(slot, "stop")
+            self._finish(slot, "stop", stop_type="eos")
             return
+        if request.logprobs is not None:
+            slot.pending.append(self._logprob(token, index, request.logprobs))
         slot.generated += 1
         slot.last_token = token
         slot.text += slot.decoder.feed(self.model.piece(token))
-        if self._emit(slot):
-            self._finish(slot, "stop")
-        elif slot.n_past >= self.n_ctx or (
+        stop = self._emit(slot)
+        if stop is not None:
+            self._finish(slot, "stop", stop_type="word", stopping_word=stop)
+        elif slot.n_past + 1 >= self.n_ctx or (
             request.max_tokens is not None and slot.generated >= request.max_tokens
         ):
-            self._finish(slot, "length")
+            self._finish(slot, "length", stop_type="limit")
 
-    def _emit(self, slot: _Slot, final: bool = False) -> bool:
-        """Send what can be sent; True when a stop string was met."""
+    def _logprob(self, token: int, index: int, top: int) -> TokenLogprob:
+        """Log-softmax over the raw logits of the position the token was sampled from."""
+        pointer = llama.llama_get_logits_ith(self.ctx, index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,))
+        peak = float(logits.max())
+        log_total = peak + float(np.log(np.exp(logits - peak).sum()))
+        alternatives = []
+        if top > 0:
+            best = np.argpartition(logits, -top)[-top:]
+            best = best[np.argsort(logits[best])[::-1]]
+            alternatives = [(int(t), self.model.piece(int(t)), float(logits[t]) - log_total) for t in best]
+        return TokenLogprob(token, self.model.piece(token), float(logits[token]) - log_total, alternatives)
+
+    def _emit(self, slot: _Slot, final: bool = False) -> str | None:
+        """Send what can be sent; return the stop string met, if one was."""
         request = slot.request
         assert request is not None
         text = slot.text
@@ -293,28 +393,61 @@ class Engine:
             if at >= 0:
                 slot.text = ""
                 if at:
-                    request.on_event(Event(text=text[:at]))
-                return True
+                    request.on_event(Event(text=text[:at], logprobs=slot.pending))
+                slot.pending = []
+                return stop
         keep = 0 if final else _held_back(text, request.stop)
         ready = text[: len(text) - keep]
         slot.text = text[len(ready) :]
         if ready:
-            request.on_event(Event(text=ready))
-        return False
+            request.on_event(Event(text=ready, logprobs=slot.pending))
+            slot.pending = []
+        return None
 
-    def _finish(self, slot: _Slot, reason: str, error: str | None = None) -> None:
+    def _finish(
+        self,
+        slot: _Slot,
+        reason: str,
+        error: str | None = None,
+        stop_type: str = "none",
+        stopping_word: str = "",
+    ) -> None:
         request = slot.request
         assert request is not None
         slot.text += slot.decoder.flush()
-        if error is None and self._emit(slot, final=True):
-            reason = "stop"
+        if error is None:
+            stop = self._emit(slot, final=True)
+            if stop is not None:
+                reason, stop_type, stopping_word = "stop", "word", stop
         slot.usage.completion_tokens = slot.generated
         if slot.first_token_at:
             slot.usage.predicted_ms = (time.perf_counter() - slot.first_token_at) * 1000.0
-        llama.llama_sampler_free(slot.sampler)
-        llama.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+        _free_sampler(request)
+        if error is not None or not request.cache_prompt:
+            llama.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+            slot.cached = []
+        # Otherwise the KV cache stays: the next request with this prefix reuses it.
         slot.request = None
-        request.on_event(Event(finish_reason=reason, usage=slot.usage, error=error))
+        slot.last_used = time.perf_counter()
+        request.on_event(
+            Event(
+                finish_reason=reason,
+                usage=slot.usage,
+                error=error,
+                stop_type=stop_type,
+                stopping_word=stopping_word,
+            )
+        )
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if n and a[:n] == b[:n]:
+        return n
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -338,33 +471,10 @@ def _batch_add(batch: Any, token: int, pos: int, seq_id: int, logits: bool) -> N
     batch.n_tokens = i + 1
 
 
-def _make_sampler(params: SamplingParams, n_vocab: int) -> Any:
-    chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
-
-    def add(sampler: Any) -> None:
-        llama.llama_sampler_chain_add(chain, sampler)
-
-    if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
-        add(
-            llama.llama_sampler_init_penalties(
-                n_vocab,
-                params.repeat_last_n,
-                params.repeat_penalty,
-                params.frequency_penalty,
-                params.presence_penalty,
-            )
-        )
-    if params.temperature <= 0:
-        add(llama.llama_sampler_init_greedy())
-        return chain
-    if params.top_k > 0:
-        add(llama.llama_sampler_init_top_k(params.top_k))
-    add(llama.llama_sampler_init_top_p(params.top_p, 1))
-    add(llama.llama_sampler_init_min_p(params.min_p, 1))
-    add(llama.llama_sampler_init_temp(params.temperature))
-    seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-    add(llama.llama_sampler_init_dist(seed))
-    return chain
+def _free_sampler(request: Request) -> None:
+    if request.sampler is not None:
+        request.sampler.free()
+        request.sampler = None
 
 
 __all__ = [
@@ -374,5 +484,6 @@ __all__ = [
     "Request",
     "RequestError",
     "SamplingParams",
+    "TokenLogprob",
     "Usage",
 ]

@@ -22,6 +22,8 @@ class Generation:
     max_tokens: int | None
     stop: list[str]
     ignore_eos: bool
+    logprobs: int | None = None  # None: off; k: each token's logprob and its k best rivals
+    cache_prompt: bool = True
 
 
 def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
@@ -57,6 +59,49 @@ def _stop(body: dict[str, Any]) -> list[str]:
     return [s for s in value if s]
 
 
+def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be true or false", name)
+    return value
+
+
+def read_choices(body: dict[str, Any]) -> None:
+    """One choice per request: `n` above 1 is refused rather than silently ignored."""
+    if _integer(body, "n", 1, 2**31 - 1) not in (None, 1):
+        raise BadRequest("only n=1 is supported", "n")
+
+
+def read_chat_logprobs(body: dict[str, Any]) -> int | None:
+    """Chat completions: `logprobs` true, with `top_logprobs` alternatives (0-20)."""
+    top = _integer(body, "top_logprobs", 0, 20)
+    if not _flag(body, "logprobs", False):
+        if top:
+            raise BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        return None
+    return top or 0
+
+
+def read_completion_logprobs(body: dict[str, Any], name: str = "logprobs") -> int | None:
+    """Legacy completions' `logprobs` (alternatives, 0-20), /completion's `n_probs`."""
+    value = body.get(name)
+    if value is None or value is False:
+        return None
+    if value is True:
+        return 0
+    top = _integer(body, name, 0, 20)
+    return None if name == "n_probs" and not top else top
+
+
+def _last_n(body: dict[str, Any], default: int) -> int:
+    value = _integer(body, "repeat_last_n", -1, 1 << 16)
+    if value is None:
+        return default
+    return 1 << 13 if value < 0 else value  # llama.cpp's -1: the context; 8192 covers ours
+
+
 def read_generation(body: dict[str, Any], max_tokens_field: str = "max_tokens") -> Generation:
     defaults = SamplingParams()
     max_tokens = _integer(body, "max_completion_tokens", 0, 2**31 - 1)
@@ -64,9 +109,7 @@ def read_generation(body: dict[str, Any], max_tokens_field: str = "max_tokens") 
         max_tokens = _integer(body, max_tokens_field, -1, 2**31 - 1)
     if max_tokens is not None and max_tokens < 0:
         max_tokens = None  # llama.cpp's -1: no limit but the context
-    ignore_eos = body.get("ignore_eos", False)
-    if not isinstance(ignore_eos, bool):
-        raise BadRequest("'ignore_eos' must be true or false", "ignore_eos")
+    ignore_eos = _flag(body, "ignore_eos", False)
     seed = _integer(body, "seed", -(2**63), 2**64 - 1)
     sampling = SamplingParams(
         temperature=_number(body, "temperature", defaults.temperature, 0.0, 100.0),
@@ -76,9 +119,16 @@ def read_generation(body: dict[str, Any], max_tokens_field: str = "max_tokens") 
         repeat_penalty=_number(body, "repeat_penalty", defaults.repeat_penalty, 0.0, 100.0),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        repeat_last_n=_last_n(body, defaults.repeat_last_n),
         seed=None if seed is None or seed < 0 else seed,
     )
-    return Generation(sampling, max_tokens, _stop(body), ignore_eos)
+    return Generation(
+        sampling,
+        max_tokens,
+        _stop(body),
+        ignore_eos,
+        cache_prompt=_flag(body, "cache_prompt", True),
+    )
 
 
 def read_messages(body: dict[str, Any]) -> list[dict[str, Any]]:

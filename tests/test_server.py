@@ -136,9 +136,7 @@ async def test_same_seed_same_reply(client):
 
 async def test_stop_string_cuts_the_reply(client):
     request = {"messages": HELLO, "max_tokens": 24, "temperature": 0, "ignore_eos": True}
-    full = (await (await client.post(CHAT, json=request)).json())["choices"][0]["message"][
-        "content"
-    ]
+    full = (await (await client.post(CHAT, json=request)).json())["choices"][0]["message"]["content"]
     stop = full[len(full) // 2 :][:3]
     assert stop.strip(), full
     cut = await (await client.post(CHAT, json={**request, "stop": [stop]})).json()
@@ -196,9 +194,7 @@ async def test_invalid_fields_are_400_naming_the_field(client, body, param):
 
 
 async def test_malformed_json_is_400(client):
-    response = await client.post(
-        CHAT, data=b"{not json", headers={"Content-Type": "application/json"}
-    )
+    response = await client.post(CHAT, data=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status == 400
     assert "not valid JSON" in (await response.json())["error"]["message"]
 

@@ -1,0 +1,145 @@
+"""What every route module shares: the app's keys, errors in OpenAI's shape, SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .backend import Backend
+from .engine import Event
+from .params import BadRequest
+
+
+@dataclass
+class ServerConfig:
+    load_backend: Callable[[], Backend]
+    model_alias: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+    max_body: int = 10 * 1024 * 1024
+    on_ready: Callable[[], None] | None = None
+    on_load_error: Callable[[str], None] | None = None
+    ui_dir: Path | None = None
+    close_backend: bool = True  # False when the caller shares one backend between apps
+    api_key: str | None = None  # when set, API routes want `Authorization: Bearer <key>`
+
+
+@dataclass
+class State:
+    """What changes while the app runs."""
+
+    backend: Backend | None = None
+    load_error: str | None = None
+    loader: asyncio.Task[None] | None = None
+
+
+CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", ServerConfig)
+STATE: web.AppKey[State] = web.AppKey("state", State)
+
+
+class EngineFailure(Exception):
+    """Generation failed inside llama.cpp before producing anything."""
+
+
+class NotServed(Exception):
+    """A feature this server was not started with (embeddings without --embedding)."""
+
+
+def error_response(status: int, message: str, kind: str, param: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return web.json_response(body, status=status)
+
+
+class Unavailable(web.HTTPServiceUnavailable):
+    def __init__(self, message: str):
+        body = {"error": {"message": message, "type": "unavailable_error", "code": 503}}
+        super().__init__(text=json.dumps(body), content_type="application/json")
+
+
+def backend_of(request: web.Request) -> Backend:
+    state = request.app[STATE]
+    if state.backend is None:
+        raise Unavailable(state.load_error or "the model is still loading")
+    return state.backend
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def read_stream(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false", "stream")
+    return stream
+
+
+def read_include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options") or {}
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+async def collect(events: AsyncIterator[Event]) -> tuple[str, Event, list[Event]]:
+    """Run a request to its end: the text, the final event and every event with text."""
+    parts: list[Event] = []
+    last = Event()
+    async for event in events:
+        if event.text or event.logprobs:
+            parts.append(event)
+        last = event
+    if last.error and not last.usage.completion_tokens:
+        raise EngineFailure(last.error)
+    return "".join(e.text for e in parts), last, parts
+
+
+async def started(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """Wait for the first event, so a refused request fails before any byte is sent."""
+    first = await anext(events)  # type: ignore[call-overload]
+
+    async def chain() -> AsyncIterator[Event]:
+        yield first
+        if first.finish_reason is None:
+            async for event in events:
+                yield event
+
+    return chain()
+
+
+def openai_usage(event: Event) -> dict[str, Any]:
+    usage = event.usage
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+def sse_response() -> web.StreamResponse:
+    return web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+
+
+async def send_event(response: web.StreamResponse, payload: dict[str, Any]) -> None:
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    await response.write(f"data: {data}\n\n".encode())
+
+
+def piece_text(piece: bytes) -> str:
+    return piece.decode("utf-8", errors="replace")
