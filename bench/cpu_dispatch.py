@@ -10,7 +10,7 @@ temperature 0 with ignore_eos, after a warm-up; the median of the runs' decode s
 (llama-server's `timings.predicted_per_second`) is reported. Variants are forced with
 LLAMAPACK_CPU and the extra buffer types (weight repacking) turned off with
 LLAMAPACK_CPU_EXTRA_BUFTS=0 (runtime/cpu.py). Which variant a run used is read from
-llama.cpp's log ("loaded CPU backend from ...") of a one-token `--verbose` run.
+the server's /proc/PID/maps (the libggml-cpu-*.so it mapped).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from pathlib import Path
 
 THREADS = 2
 TOKENS = 128
-PROMPT = "The capital of France is"
+PROMPT = "Write a long story about a lighthouse keeper."
 OUTPUT = Path(__file__).resolve().parent / "CPU.md"
+NOTES_MARKER = "<!-- notes -->"
 
 # (label, which file, environment); the first row is the baseline of the ratios.
 CONFIGS: list[tuple[str, str, dict[str, str]]] = [
@@ -40,7 +41,6 @@ CONFIGS: list[tuple[str, str, dict[str, str]]] = [
     ("dispatch, haswell forced (AVX2)", "dispatch", {"LLAMAPACK_CPU": "haswell"}),
     ("dispatch, skylakex forced (AVX-512)", "dispatch", {"LLAMAPACK_CPU": "skylakex"}),
     ("dispatch, icelake forced (AVX-512 VBMI, VNNI)", "dispatch", {"LLAMAPACK_CPU": "icelake"}),
-    ("dispatch, zen4 forced (+ AVX-512 BF16)", "dispatch", {"LLAMAPACK_CPU": "zen4"}),
     (
         "dispatch, zen4, extra buffer types off (no repacking)",
         "dispatch",
@@ -67,18 +67,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def loaded_variant(path: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(
-        [str(path), "-p", "Hi", "-n", "1", "-t", str(THREADS), "--verbose"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if result.returncode != 0:
-        return f"failed ({result.returncode}): {result.stderr.strip().splitlines()[-1:]}"
-    match = re.search(r"loaded CPU backend from \S*libggml-cpu-([\w.]+)\.so", result.stderr)
-    return match.group(1) if match else "builtin"
+def loaded_variant(pid: int) -> str:
+    """The CPU library mapped by the process or its child (a onefile app runs in a child)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        pids += [int(child) for child in task.read_text().split()]
+    for each in pids:
+        try:
+            maps = Path(f"/proc/{each}/maps").read_text()
+        except OSError:
+            continue
+        match = re.search(r"libggml-cpu-([\w.]+?)\.so", maps)
+        if match:
+            return match.group(1)
+        if "libggml-cpu.so" in maps:
+            return "builtin"
+    return "unknown"
 
 
 def post(url: str, body: dict[str, object]) -> dict[str, object]:
@@ -89,7 +93,7 @@ def post(url: str, body: dict[str, object]) -> dict[str, object]:
         return dict(json.load(response))
 
 
-def decode_speed(path: Path, env: dict[str, str], repeats: int) -> float:
+def decode_speed(path: Path, env: dict[str, str], repeats: int) -> tuple[float, str]:
     port = free_port()
     command = [str(path), "--server", "--nobrowser", "--port", str(port), "-t", str(THREADS)]
     process = subprocess.Popen(
@@ -110,12 +114,13 @@ def decode_speed(path: Path, env: dict[str, str], repeats: int) -> float:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{path} did not become healthy")
             time.sleep(0.2)
-        body = {"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "ignore_eos": True}
-        post(url + "/v1/completions", body)  # warm-up
+        messages = [{"role": "user", "content": PROMPT}]
+        body = {"messages": messages, "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+        post(url + "/v1/chat/completions", body)  # warm-up
         speeds = []
         for _ in range(repeats):
             started = time.perf_counter()
-            reply = post(url + "/v1/completions", {**body, "max_tokens": TOKENS})
+            reply = post(url + "/v1/chat/completions", {**body, "max_tokens": TOKENS})
             wall = time.perf_counter() - started
             timings = reply.get("timings")
             if isinstance(timings, dict) and timings.get("predicted_per_second"):
@@ -124,7 +129,7 @@ def decode_speed(path: Path, env: dict[str, str], repeats: int) -> float:
                 usage = reply.get("usage")
                 assert isinstance(usage, dict)
                 speeds.append(int(usage["completion_tokens"]) / wall)
-        return statistics.median(speeds)
+        return statistics.median(speeds), loaded_variant(process.pid)
     finally:
         process.terminate()
         try:
@@ -140,32 +145,56 @@ def main() -> int:
     )
     parser.add_argument("--dispatch", type=Path, required=True, help="file built with the dispatch engine")
     parser.add_argument("--portable", type=Path, required=True, help="file built with the portable engine")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="requests per server start")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over all configurations")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
     files = {"dispatch": args.dispatch, "portable": args.portable}
+    # Rounds interleave the configurations, so that load from other processes on the
+    # machine spreads over all of them instead of landing on one.
+    speeds: dict[str, list[float]] = {label: [] for label, _, _ in CONFIGS}
+    variants: dict[str, str] = {}
+    load_before = os.getloadavg()[0]
+    for round_ in range(args.rounds):
+        for label, which, env in CONFIGS:
+            if variants.get(label) == "skipped":
+                continue
+            try:
+                speed, variant = decode_speed(files[which], env, args.repeats)
+            except RuntimeError as exc:  # e.g. a forced variant this CPU cannot run
+                log(f"{label}: skipped, {exc}")
+                variants[label] = "skipped"
+                continue
+            variants[label] = variant
+            speeds[label].append(speed)
+            log(f"round {round_ + 1}, {label}: {variant}, {speed:.1f} tok/s")
+    load = (load_before, os.getloadavg()[0])
     rows = []
     baseline = 0.0
-    for label, which, env in CONFIGS:
-        variant = loaded_variant(files[which], env)
-        if variant.startswith("failed"):  # e.g. a forced variant this CPU cannot run
-            log(f"{label}: skipped, {variant}")
-            continue
-        speed = decode_speed(files[which], env, args.repeats)
-        baseline = baseline or speed
-        log(f"{label}: {variant}, {speed:.1f} tok/s")
-        rows.append((label, variant, speed, speed / baseline))
-    write_report(args.output, rows, args.repeats)
+    for label, _, _ in CONFIGS:
+        if speeds[label]:
+            speed = statistics.median(speeds[label])
+            baseline = baseline or speed
+            rows.append((label, variants[label], speed, speed / baseline))
+    write_report(args.output, rows, args.repeats, args.rounds, load)
     return 0
 
 
-def write_report(path: Path, rows: list[tuple[str, str, float, float]], repeats: int) -> None:
+def write_report(
+    path: Path,
+    rows: list[tuple[str, str, float, float]],
+    repeats: int,
+    rounds: int,
+    load: tuple[float, float],
+) -> None:
     lines = [
         "# CPU dispatch: decode speed by llama.cpp CPU variant",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}.",
         f"Gemma 3 270M Q4_K_M, one stream, {TOKENS} tokens at temperature 0 (ignore_eos), "
-        f"{THREADS} threads, server mode, median of {repeats} runs after a warm-up.",
+        f"{THREADS} threads, server mode (`/v1/chat/completions`, llama-server's `timings`).",
+        f"Median over {rounds} interleaved rounds of {repeats} requests each, after a warm-up; "
+        f"load average {load[0]:.1f} before, {load[1]:.1f} after.",
         "Reproduce: `python bench/cpu_dispatch.py --dispatch DISPATCH_FILE --portable PORTABLE_FILE`",
         "(see the script's docstring for how the two files are built).",
         "",
@@ -173,7 +202,10 @@ def write_report(path: Path, rows: list[tuple[str, str, float, float]], repeats:
         "|---|---|---:|---:|",
     ]
     lines += [f"| {label} | {variant} | {speed:.1f} | {ratio:.2f} |" for label, variant, speed, ratio in rows]
-    path.write_text("\n".join(lines) + "\n")
+    notes = ""  # hand-written findings below the marker survive a re-run
+    if path.exists() and NOTES_MARKER in path.read_text():
+        notes = "\n" + NOTES_MARKER + path.read_text().split(NOTES_MARKER, 1)[1]
+    path.write_text("\n".join(lines) + "\n" + notes)
     log(f"wrote {path}")
 
 

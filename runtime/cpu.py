@@ -17,12 +17,17 @@ the AMX "extra buffer type" that a variant built with AMX (sapphirerapids, or a
 `-march=native` build on such a CPU) offers. Two safe options: skip that variant and
 take the best one without AMX (on those CPUs: zen4 = AVX-512 VBMI/VNNI/BF16, which
 keeps the CPU_REPACK buffer type), or load it with `use_extra_bufts=False`, which also
-turns off CPU_REPACK: the same AVX-512 code without weight repacking. We skip it.
-Measured on this project's machine (AMD EPYC, zen4 variant, Gemma 3 270M Q4_K_M,
-2 threads, 128 tokens, bench/CPU.md): repacking on vs off is what separates the two
-options, and on is faster. If a variant with AMX is loaded anyway (forced with
-LLAMAPACK_CPU, a native build), `use_extra_bufts` is reported False, so the AMX buffer
-type is never used; Model turns it off in the model params.
+turns off CPU_REPACK: the same AVX-512 code without weight repacking. We skip it:
+the crashing kernels are then not even in the process, and repacking stays on.
+Measured (bench/CPU.md; AMD EPYC Zen 4, Gemma 3 270M Q4_K_M, 2 threads, 128 tokens):
+zen4 with repacking 73.9 tok/s, without 74.5, i.e. the same within noise (only 13 MiB
+of that model is repacked), so the safer option costs nothing; on bigger models
+repacking is llama.cpp's default for a reason. ggml's own `ggml_backend_load_all` /
+`ggml_backend_load_best` simply take the highest score, which on an AMX CPU is
+sapphirerapids (its score has the AMX bit on top of zen4's): hence our own loop. If
+a variant with AMX is loaded anyway (forced with LLAMAPACK_CPU, a native build),
+`use_extra_bufts` is reported False, so the AMX buffer type is never used; Model turns
+it off in the model params.
 
 `LLAMAPACK_CPU=<variant>` forces a variant (for benchmarks and workarounds); one the
 CPU cannot run is an error, not a crash. `LLAMAPACK_CPU_EXTRA_BUFTS=0` turns the extra
@@ -43,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
+import llama_cpp.llama_cpp as llama_cpp_api
 from llama_cpp._ctypes_extensions import load_shared_library
 
 BUILTIN = "builtin"
@@ -197,8 +203,16 @@ _ScoreFn = ctypes.CFUNCTYPE(ctypes.c_int)
 
 
 def _ggml() -> ctypes.CDLL:
-    """libggml, already loaded by llama_cpp (dlopen hands back the same library)."""
-    lib = load_shared_library("ggml", Path(llama_cpp.__file__).parent / "lib")
+    """ggml's API as libllama sees it: symbols looked up through libllama's handle come
+    from the libggml it is linked with. Loading libggml.so by path instead can load a
+    second copy with its own backend registry: in a built file libggml.so and
+    libggml.so.0 are two files, not a symlink, and a backend registered there is one
+    llama.cpp never sees ("no backends are loaded")."""
+    llama_lib = getattr(llama_cpp_api, "_lib", None)
+    if llama_lib is not None:
+        lib = ctypes.CDLL(getattr(llama_lib, "_name", None), handle=llama_lib._handle)
+    else:  # a llama-cpp-python without _lib: libggml.so from llama_cpp/lib
+        lib = load_shared_library("ggml", Path(llama_cpp.__file__).parent / "lib")
     signatures: dict[str, tuple[list[type], type | None]] = {
         "ggml_backend_reg_by_name": ([ctypes.c_char_p], ctypes.c_void_p),
         "ggml_backend_load": ([ctypes.c_char_p], ctypes.c_void_p),
