@@ -68,6 +68,7 @@ def init_backend(verbose: bool = False) -> None:
     with _backend_lock:
         if _log is None:
             _log = _LlamaLog()
+            _log.verbose = verbose  # so --verbose shows which CPU variant ggml loads
             llama.llama_backend_init()
             cpu_backend()  # register llama.cpp's best safe CPU variant before any load (runtime/cpu.py)
         _log.verbose = verbose
