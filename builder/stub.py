@@ -60,7 +60,9 @@ def _package_dir(package: str) -> Path:
 
 
 def _sources_digest() -> str:
-    """Hash of the runtime and UI sources and of this recipe: any change gets a new stub."""
+    """Hash of the runtime and UI sources, of this recipe and of the llama.cpp
+    libraries the stub collects (a portable and a CPU-dispatch build of the same
+    llama-cpp-python version differ): any change gets a new stub."""
     digest = hashlib.sha256(Path(__file__).read_bytes())
     for package in ("llamapack.runtime", "llamapack.templates"):
         root = _package_dir(package)
@@ -68,6 +70,9 @@ def _sources_digest() -> str:
             if path.is_file() and "__pycache__" not in path.parts:
                 digest.update(path.relative_to(root).as_posix().encode() + b"\0")
                 digest.update(path.read_bytes())
+    for library in sorted(_library_args()[1::2]):
+        path = Path(library.split(os.pathsep)[0])
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
