@@ -7,7 +7,15 @@ Peers, built or found once under bench/work/ (git-ignored):
   * `cp` and `sha256sum` for the build step (a 1 GiB GGUF, page cache warm);
   * llama.cpp's `llama-server`, compiled from the llama.cpp source vendored in the
     llama-cpp-python sdist we use (same version, same -DGGML_NATIVE=OFF flags),
-    for launch time and decode speed on the same GGUF with the same threads.
+    for launch time and decode speed on the same GGUF with the same threads;
+  * llama-cpp-python's own server (`python -m llama_cpp.server`, same engine
+    build as ours; needs fastapi, uvicorn, sse-starlette, starlette-context and
+    pydantic-settings in the venv) for decode speed.
+
+While the 4 streams decode, /health is polled every 100 ms: its latency shows
+whether the server stays responsive under load.
+
+    .venv/bin/python bench/run.py --decode-only   # decode speeds only, from the venv
 """
 
 from __future__ import annotations
@@ -143,18 +151,17 @@ def bench_build(repeats: int) -> dict[str, float]:
 
 
 class Server:
-    def __init__(self, command: list[str], port: int):
+    def __init__(self, command: list[str], port: int, health: str = "/health"):
         self.port = port
+        self.health = health
         self.url = f"http://127.0.0.1:{port}"
         self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def wait_healthy(self, timeout: float = 120) -> float:
         while time.perf_counter() - self.started < timeout:
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
+                with urllib.request.urlopen(self.url + self.health, timeout=1) as response:
                     if response.status == 200:
                         return time.perf_counter() - self.started
             except OSError:
@@ -192,6 +199,28 @@ def start_llamapack(path: Path, parallel: int) -> Server:
     )  # fmt: skip
 
 
+def start_llamapack_module(gguf: Path, parallel: int) -> Server:
+    """The runtime straight from the venv, for --decode-only (no file to build)."""
+    port = free_port()
+    return Server(
+        [sys.executable, "-m", "llamapack.runtime", "-m", str(gguf), "--chat-template", "gemma",
+         "--nobrowser", "--port", str(port), "-t", str(THREADS), "-c", "8192",
+         "-np", str(parallel)],
+        port,
+    )  # fmt: skip
+
+
+def start_llama_cpp_python(gguf: Path) -> Server:
+    port = free_port()
+    return Server(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port),
+         "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS), "--n_ctx", "8192",
+         "--chat_format", "gemma"],
+        port,
+        health="/v1/models",
+    )  # fmt: skip
+
+
 def start_llama_server(binary: Path, gguf: Path, parallel: int) -> Server:
     port = free_port()
     return Server(
@@ -225,7 +254,7 @@ async def _stream(session: aiohttp.ClientSession, url: str, tokens: int, seed: i
         "seed": seed,
         "stream_options": {"include_usage": True},
     }
-    count = 0
+    count = chunks = 0
     async with session.post(url + "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for raw in response.content:
@@ -235,22 +264,62 @@ async def _stream(session: aiohttp.ClientSession, url: str, tokens: int, seed: i
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 count = chunk["usage"]["completion_tokens"]
-    return count
+            elif chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                chunks += 1
+    # llama-cpp-python's server sends no usage when streaming: count its chunks.
+    return count or chunks
 
 
-async def _throughput(url: str, streams: int, tokens: int) -> float:
+async def _poll_health(session: aiohttp.ClientSession, url: str, latencies: list[float]) -> None:
+    while True:
+        started = time.perf_counter()
+        async with session.get(url) as response:
+            await response.read()
+        latencies.append((time.perf_counter() - started) * 1000.0)
+        await asyncio.sleep(0.1)
+
+
+async def _throughput(server: Server, streams: int, tokens: int) -> tuple[float, list[float]]:
+    """Aggregate tokens per second, and /health latencies (ms) while the streams ran."""
+    url = server.url
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         await _stream(session, url, 8, 0)  # warm-up
+        latencies: list[float] = []
+        poller = asyncio.create_task(_poll_health(session, url + server.health, latencies))
         started = time.perf_counter()
         counts = await asyncio.gather(*(_stream(session, url, tokens, s) for s in range(streams)))
-        return sum(counts) / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        poller.cancel()
+        return sum(counts) / elapsed, latencies
 
 
 def bench_decode(server: Server, tokens: int) -> dict[str, float]:
     server.wait_healthy()
-    single = asyncio.run(_throughput(server.url, 1, tokens))
-    four = asyncio.run(_throughput(server.url, 4, tokens))
-    return {"single": single, "four": four, "rss": server.rss_mib()}
+    single, _ = asyncio.run(_throughput(server, 1, tokens))
+    four, latencies = asyncio.run(_throughput(server, 4, tokens))
+    return {
+        "single": single,
+        "four": four,
+        "rss": server.rss_mib(),
+        "health_ms": statistics.median(latencies) if latencies else 0.0,
+        "health_max_ms": max(latencies, default=0.0),
+    }
+
+
+def decode_peers(gguf: Path, server_binary: Path, start_ours: object, tokens: int) -> dict:
+    decode = {}
+    for name, start in (
+        ("llama-server", lambda: start_llama_server(server_binary, gguf, 4)),
+        ("llama-cpp-python", lambda: start_llama_cpp_python(gguf)),
+        ("llamapack", start_ours),
+    ):
+        log(f"  {name}...")
+        server = start()  # type: ignore[operator]
+        try:
+            decode[name] = bench_decode(server, tokens)
+        finally:
+            server.stop()
+    return decode
 
 
 # -------------------------------------------------------------- report
@@ -263,9 +332,7 @@ def machine() -> str:
             cpu = line.split(":", 1)[1].strip()
             break
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.system()} {platform.release()}"
-    )
+    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.system()} {platform.release()}"
 
 
 def write_results(results: dict[str, object]) -> None:
@@ -275,7 +342,7 @@ def write_results(results: dict[str, object]) -> None:
     sizes = results["sizes"]
     assert isinstance(build, dict) and isinstance(launch, dict) and isinstance(decode, dict)
     assert isinstance(sizes, dict)
-    ours, peer = decode["llamapack"], decode["llama-server"]
+    ours, peer, python_peer = decode["llamapack"], decode["llama-server"], decode["llama-cpp-python"]
     rows = [
         ("Build a 1 GiB GGUF (stub cached)", f"{build['build']:.2f} s",
          f"cp {build['cp']:.2f} s", f"{build['build'] / build['cp']:.2f}x cp", "<= 1.25x"),
@@ -286,6 +353,12 @@ def write_results(results: dict[str, object]) -> None:
          f"{ours['single'] / peer['single']:.2f}x", ">= 0.95x"),
         ("Decode, 4 streams aggregate", f"{ours['four']:.1f} tok/s", f"{peer['four']:.1f} tok/s",
          f"{ours['four'] / peer['four']:.2f}x", ">= 0.9x"),
+        ("Decode, 4 streams aggregate", f"{ours['four']:.1f} tok/s",
+         f"llama-cpp-python {python_peer['four']:.1f} tok/s",
+         f"{ours['four'] / python_peer['four']:.2f}x", ">= 3x"),
+        ("/health while 4 streams decode (median, max)",
+         f"{ours['health_ms']:.1f}, {ours['health_max_ms']:.1f} ms",
+         f"{peer['health_ms']:.1f}, {peer['health_max_ms']:.1f} ms", "-", "< 50 ms"),
         ("Server RSS after decoding", f"{ours['rss']:.0f} MiB", f"{peer['rss']:.0f} MiB",
          f"{ours['rss'] / peer['rss']:.2f}x", "-"),
     ]  # fmt: skip
@@ -320,12 +393,19 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument(
+        "--decode-only", action="store_true", help="decode speeds only, runtime from the venv"
+    )
     options = parser.parse_args()
     repeats = 2 if options.quick else 5
     tokens = 64 if options.quick else 128
     WORK.mkdir(parents=True, exist_ok=True)
     gguf = gemma_gguf()
     server_binary = llama_server()
+    if options.decode_only:
+        decode = decode_peers(gguf, server_binary, lambda: start_llamapack_module(gguf, 4), tokens)
+        print(json.dumps(decode, indent=2))
+        return
     log("building the Gemma file...")
     gemma_file = built_file(gguf, "gemma")
     from llamapack.builder.stub import ensure_stub
@@ -343,16 +423,7 @@ def main() -> None:
         "llamapack": bench_launch(lambda: start_llamapack(gemma_file, 4), repeats),
     }
     log("decode speed...")
-    decode = {}
-    for name, start in (
-        ("llama-server", lambda: start_llama_server(server_binary, gguf, 4)),
-        ("llamapack", lambda: start_llamapack(gemma_file, 4)),
-    ):
-        server = start()
-        try:
-            decode[name] = bench_decode(server, tokens)
-        finally:
-            server.stop()
+    decode = decode_peers(gguf, server_binary, lambda: start_llamapack(gemma_file, 4), tokens)
     results = {
         "build": build, "launch": launch, "decode": decode, "sizes": sizes,
         "machine": machine(), "date": time.strftime("%Y-%m-%d"), "repeats": repeats,

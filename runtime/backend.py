@@ -84,11 +84,14 @@ class Backend:
         """Submit a request and yield its events; cancels it if the consumer stops early."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-        request = self._request(
-            prompt,
-            generation,
-            lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-        )
+
+        def deliver(event: Event) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the loop has closed: nobody is listening any more
+                request.cancel()
+
+        request = self._request(prompt, generation, deliver)
         if generation.sampling.grammar:
             # Building the sampler parses the grammar: off the event loop.
             await asyncio.to_thread(self.engine.submit, request)

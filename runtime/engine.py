@@ -242,7 +242,12 @@ class Engine:
                 if self._stopping:
                     break
                 self._admit()
-            self._step()
+            try:
+                self._step()
+            except Exception as exc:  # a bug must not stop the server: end what runs
+                for slot in self.slots:
+                    if slot.request is not None:
+                        self._finish(slot, "stop", error=f"internal error: {exc!r}")
         for slot in self.slots:
             if slot.request is not None:
                 self._finish(slot, "stop", error="the server is shutting down")
@@ -264,15 +269,19 @@ class Engine:
             slot.start(request, self._reuse_prefix(slot, shared, len(request.prompt)))
 
     def _pick_slot(self, free: list[_Slot], request: Request) -> tuple[_Slot, int]:
+        """The free slot whose cache shares most with the prompt, else the least useful one."""
+        empty = [slot for slot in free if not slot.cached]
         if request.cache_prompt:
             best, shared = None, 0
             for slot in free:
                 length = _common_prefix(slot.cached, request.prompt)
                 if length > shared:
                     best, shared = slot, length
-            if best is not None and shared > _SIMILARITY * len(request.prompt):
+            similar = best is not None and shared > _SIMILARITY * len(request.prompt)
+            # Reusing a small part of a long cache would destroy the rest of it.
+            if best is not None and similar and (not empty or shared >= len(best.cached) // 2):
                 return best, shared
-        return min(free, key=lambda slot: slot.last_used), 0
+        return (empty or [min(free, key=lambda slot: slot.last_used)])[0], 0
 
     def _reuse_prefix(self, slot: _Slot, shared: int, prompt_length: int) -> int:
         """Drop the slot's cache after `shared` tokens; return how many are kept."""
