@@ -211,11 +211,12 @@ def start_llamapack_module(gguf: Path, parallel: int) -> Server:
 
 
 def start_llama_cpp_python(gguf: Path) -> Server:
+    """One request at a time; by default a new request would cut off the running one."""
     port = free_port()
     return Server(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port),
          "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS), "--n_ctx", "8192",
-         "--chat_format", "gemma"],
+         "--chat_format", "gemma", "--interrupt_requests", "False"],
         port,
         health="/v1/models",
     )  # fmt: skip
