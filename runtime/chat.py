@@ -64,9 +64,7 @@ class ChatFormatter:
         if self.source == "gguf":
             template = model.chat_template()
             if not template:
-                raise ChatTemplateError(
-                    "the manifest names the GGUF's chat template, but it has none"
-                )
+                raise ChatTemplateError("the manifest names the GGUF's chat template, but it has none")
             self._jinja = _compile_jinja(template)
         elif self.name not in builtin_template_names():
             raise ChatTemplateError(f"unknown built-in chat template {self.name!r}")
@@ -77,8 +75,7 @@ class ChatFormatter:
 
     def format(self, messages: Sequence[dict[str, Any]]) -> Prompt:
         cleaned = [
-            {"role": str(m.get("role", "")), "content": message_text(m.get("content"))}
-            for m in messages
+            {"role": str(m.get("role", "")), "content": message_text(m.get("content"))} for m in messages
         ]
         if self._jinja is not None:
             text = self._render_jinja(cleaned)
