@@ -70,14 +70,21 @@ def gemma_gguf() -> Path:
 
 
 def big_gguf(size: int) -> Path:
-    """A valid GGUF of about `size` bytes (one F32 tensor of random data)."""
+    """A GGUF of about `size` bytes: Gemma's metadata (the builder checks that llama.cpp
+    loads its vocabulary) and one F32 tensor of random data."""
     import gguf
     import numpy as np
 
-    path = WORK / f"big-{size >> 20}MiB.gguf"
+    path = WORK / f"big-{size >> 20}MiB-v2.gguf"
     if path.exists():
         return path
-    writer = gguf.GGUFWriter(str(path), "llama")
+    reader = gguf.GGUFReader(str(gemma_gguf()))
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    for key, entry in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        sub_type = entry.types[-1] if entry.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, entry.contents(), entry.types[0], sub_type)
     rows = size // (4 * 4096)
     data = np.random.default_rng(0).random((rows, 4096), dtype=np.float32)
     writer.add_tensor("token_embd.weight", data)

@@ -29,6 +29,14 @@ class BackendOptions:
 
 DEFAULT_CTX = 8192
 EMBEDDING_CTX = 2048
+# An embeddings context outputs every token, and llama.cpp keeps a row of
+# logits (the whole vocabulary) for each: bound that buffer, not just the count.
+EMBEDDING_LOGITS_BYTES = 256 << 20
+
+
+def _embedding_ctx(model: Model, n_ctx: int) -> int:
+    by_memory = EMBEDDING_LOGITS_BYTES // (4 * model.n_vocab)
+    return max(32, min(n_ctx, EMBEDDING_CTX, model.n_ctx_train or n_ctx, by_memory))
 
 
 class Backend:
@@ -47,7 +55,9 @@ class Backend:
             )
             self.embedder: Embedder | None = None
             if options.embedding:
-                self.embedder = Embedder(self.model, min(n_ctx, EMBEDDING_CTX), n_threads=options.threads)
+                self.embedder = Embedder(
+                    self.model, _embedding_ctx(self.model, n_ctx), n_threads=options.threads
+                )
         except BaseException:
             self.model.close()
             raise
