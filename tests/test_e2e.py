@@ -79,6 +79,16 @@ class Server:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         return int(children[0]) if children else self.process.pid
 
+    def close(self) -> None:
+        """SIGTERM, which the bootloader forwards; SIGKILL would orphan the Python child."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
         self.process.send_signal(sig)
         _, err = self.process.communicate(timeout=30)
@@ -89,9 +99,7 @@ class Server:
 def server(gemma_file):
     running = Server(gemma_file)
     yield running
-    if running.process.poll() is None:
-        running.process.kill()
-        running.process.wait()
+    running.close()
 
 
 def test_file_is_a_zip_and_an_executable(gemma_file, gemma_gguf):
@@ -174,8 +182,7 @@ def test_two_copies_share_one_mapping_of_the_file(gemma_file):
         assert len(inodes) == 1  # one file, one page cache
     finally:
         for running in (first, second):
-            running.process.kill()
-            running.process.wait()
+            running.close()
 
 
 def test_busy_port_is_a_clear_error(server, gemma_file):
@@ -193,8 +200,7 @@ def test_user_arguments_override_the_defaults(gemma_file):
         _, models = get_json(server.url + "/v1/models")
         assert models["data"][0]["id"] == "my-model"
     finally:
-        server.process.kill()
-        server.process.wait()
+        server.close()
 
 
 def test_bare_stub_runs_without_a_model(runtime_stub, gemma_gguf):
