@@ -223,13 +223,22 @@ def _write_with_model_beside(
     return BuildResult(output, manifest, source.header, output.stat().st_size, model_beside=beside)
 
 
-def engine_info(target: str | None = None) -> dict[str, str]:
-    """The engine this llamapack puts into files (the stub's hash is added when writing)."""
-    return {
+def engine_info(target: str | None = None) -> dict[str, Any]:
+    """The engine this llamapack puts into files (the stub's hash is added when writing).
+
+    "llama_cpp" (ggml's version and the llama.cpp commit) is read from the libraries
+    installed here, which are the ones a stub built here carries; a file for another
+    system gets a stub built elsewhere, so it records none rather than a guess."""
+    info: dict[str, Any] = {
         "llamapack": __version__,
         "llama_cpp_python": llama_cpp_version(),
         "target": target or target_name(),
     }
+    if info["target"] == target_name():
+        from llamapack.runtime.backends import llama_cpp_build
+
+        info["llama_cpp"] = llama_cpp_build().as_dict()
+    return info
 
 
 def _sha256(data: bytes) -> str:

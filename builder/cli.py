@@ -218,8 +218,12 @@ def inspect(file: Path, as_json: bool) -> None:
                f"offset {layout['model_offset']} (sha256 {manifest['model']['sha256']})")  # fmt: skip
     if source:
         click.echo(f"  source:        {_source_text(source)}")
+    from llamapack.runtime.backends import LlamaCppBuild
+
+    llama_cpp = LlamaCppBuild.from_record(engine.get("llama_cpp"))  # absent in older files
+    llama_cpp_text = f", {llama_cpp.summary()}" if llama_cpp else ""
     click.echo(f"  engine:        llamapack {engine['llamapack']}, llama-cpp-python "
-               f"{engine['llama_cpp_python']}, {engine['target']}")  # fmt: skip
+               f"{engine['llama_cpp_python']}{llama_cpp_text}, {engine['target']}")  # fmt: skip
     click.echo(f"  defaults:      {' '.join(layout['args'])}")
     click.echo(f"  upgrade:       {report['upgrade']}")
 

@@ -7,7 +7,11 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import llama_cpp.llama_cpp as llama
+
+from .backends import EngineReport, engine_report
 from .chat import ChatFormatter, ChatTemplateError
+from .cpu import cpu_backend
 from .embeddings import Embedder
 from .engine import Engine, Event, Request
 from .model import Model, ModelSource, init_backend
@@ -58,6 +62,13 @@ class Backend:
                 self.embedder = Embedder(
                     self.model, _embedding_ctx(self.model, n_ctx), n_threads=options.threads
                 )
+            # Read once the model is loaded: every backend is registered by then.
+            self.engine_report: EngineReport = engine_report(
+                cpu_backend(),
+                threads=self.engine.n_threads,
+                gpu_layers_requested=options.n_gpu_layers,
+                model_layers=llama.llama_model_n_layer(self.model.pointer),
+            )
         except BaseException:
             self.model.close()
             raise
