@@ -287,11 +287,13 @@ class Engine:
         """Drop the slot's cache after `shared` tokens; return how many are kept."""
         # The last prompt token is always evaluated: its logits give the first token.
         keep = min(shared, prompt_length - 1)
-        if keep > 0 and llama.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
-            pos_min = llama.llama_memory_seq_pos_min(self.memory, slot.seq_id)
-            if not self.n_swa or pos_min <= max(0, keep - self.n_swa):
-                del slot.cached[keep:]
-                return keep
+        # With a sliding window, the tokens after `keep` attend to the window
+        # before it: those cells must still be there (checked before removing).
+        pos_min = llama.llama_memory_seq_pos_min(self.memory, slot.seq_id)
+        window_kept = not self.n_swa or 0 <= pos_min <= max(0, keep - self.n_swa)
+        if keep > 0 and window_kept and llama.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
+            del slot.cached[keep:]
+            return keep
         llama.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
         slot.cached = []
         return 0
