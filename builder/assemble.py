@@ -12,6 +12,7 @@ import hashlib
 import zipfile
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,6 @@ def build(source: Source, options: BuildOptions, stub: StubInfo) -> BuildResult:
     chat_template = choose_chat_template(source.header, options.chat_template)
     name = options.name or Path(source.file_name).stem
     args = default_args(options, name)
-    check_vocabulary(source)
     output = resolve_output(options.output, source, options.target)
     stub_data = read_stub(stub.path)
     manifest = _manifest(name, source, chat_template, options)
@@ -130,11 +130,37 @@ def write_file(
     stub_path: Path,
     expected_sha256: str | None = None,
     beside: Path | None = None,
+    check_model: bool = True,
 ) -> BuildResult:
     """Lay out stub, model, manifest and `.args`; the model's sha256 and offset are
     filled into the manifest here. With `expected_sha256`, a copy whose hash
     differs is discarded instead of kept. With `beside`, the model is written
-    to that path and the executable holds only the manifest and `.args`."""
+    to that path and the executable holds only the manifest and `.args`.
+
+    llama.cpp's vocabulary check of the source runs alongside the copy (it takes
+    about as long as copying a GiB); the copy stops as soon as it fails, and
+    nothing is kept under the output name unless it passed."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamapack-vocab") as pool:
+        vocabulary = pool.submit(check_vocabulary if check_model else lambda _: None, source)
+        return _write(source, output, manifest, args, stub_data, stub_path, expected_sha256, beside,
+                      vocabulary)  # fmt: skip
+
+
+def _write(
+    source: Source,
+    output: Path,
+    manifest: dict[str, Any],
+    args: list[str],
+    stub_data: bytes,
+    stub_path: Path,
+    expected_sha256: str | None,
+    beside: Path | None,
+    vocabulary: Future[None],
+) -> BuildResult:
+    def vocabulary_failed() -> None:
+        if vocabulary.done():
+            vocabulary.result()  # raises the check's SourceError
+
     try:
         args_bytes = ff.encode_args(args)
     except ValueError as exc:
@@ -143,7 +169,7 @@ def write_file(
     stub_layout = _split_stub(stub_data, stub_path)
     if beside is not None:
         return _write_with_model_beside(source, output, manifest, args_bytes, stub_layout, beside,
-                                        expected_sha256)  # fmt: skip
+                                        expected_sha256, vocabulary)  # fmt: skip
     model_member = ff.place_model(stub_layout, source.file_name, source.size)
     # The manifest holds the model's hash, known only after the copy; a
     # placeholder of the same length fixes every offset before writing starts.
@@ -151,6 +177,7 @@ def write_file(
     plan = ff.plan_file(stub_layout, model_member, len(ff.encode_manifest(placeholder)), len(args_bytes))
 
     def check_copy(temp: Path) -> None:
+        vocabulary.result()
         if expected_sha256 is not None and digests.sha256 != expected_sha256:
             raise SourceError(
                 f"the weights read from {source.label} do not match its manifest's sha256; "
@@ -159,13 +186,14 @@ def write_file(
         if source.in_place is None:  # compressed source: check the copy before keeping it
             check_vocabulary_at(ModelSource(temp, plan.model.data_at), source.label)
 
+    archive = stub_layout.archive
     with atomic_output(output, check_copy) as target, _open_source(source) as model:
         target.write(stub_layout.data)
         target.write(bytes(plan.model.header_at - len(stub_layout.data)))
         target.write(plan.model.local_header())
         with progress_bar(source.size, f"Copying {source.file_name}") as bar:
             try:
-                digests = copy_with_digests(model, target, source.size, bar)
+                digests = copy_with_digests(model, target, source.size, bar, vocabulary_failed)
             except EOFError:
                 raise SourceError(f"{source.label} changed size while it was being copied") from None
             except zipfile.BadZipFile as exc:
@@ -178,7 +206,7 @@ def write_file(
             member.crc = zlib.crc32(data)
             target.write(member.local_header())
             target.write(data)
-        target.write(stub_layout.archive)
+        target.write(archive)
         target.write(ff.central_directory(plan))
         # The model's CRC is known only after the copy: patch its header.
         target.seek(plan.model.header_at)
@@ -194,8 +222,10 @@ def _write_with_model_beside(
     stub_layout: ff.Stub,
     beside: Path,
     expected_sha256: str | None,
+    vocabulary: Future[None],
 ) -> BuildResult:
     def check_copy(_: Path) -> None:
+        vocabulary.result()
         if expected_sha256 is not None and digests.sha256 != expected_sha256:
             raise SourceError(f"the weights read from {source.label} do not match its manifest's sha256")
 

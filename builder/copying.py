@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -34,8 +35,15 @@ class _Crc32:
         self.value = zlib.crc32(data, self.value)
 
 
-def copy_with_digests(source: io.RawIOBase, target: BinaryIO, size: int, progress: Progress) -> Digests:
-    """Copy exactly `size` bytes from `source` to `target`; raise EOFError if short."""
+def copy_with_digests(
+    source: io.RawIOBase,
+    target: BinaryIO,
+    size: int,
+    progress: Progress,
+    interrupt: Callable[[], None] | None = None,
+) -> Digests:
+    """Copy exactly `size` bytes from `source` to `target`; raise EOFError if short.
+    `interrupt` is called between chunks and may raise to stop the copy early."""
     sha256, crc = hashlib.sha256(), _Crc32()
     buffers = [bytearray(CHUNK_SIZE), bytearray(CHUNK_SIZE)]
     copied = 0
@@ -50,6 +58,8 @@ def copy_with_digests(source: io.RawIOBase, target: BinaryIO, size: int, progres
                 if not got:
                     raise EOFError(f"the source ended after {copied} of {size} bytes")
                 _wait(in_flight)
+                if interrupt is not None:
+                    interrupt()
                 chunk = memoryview(buffer)[:got]
                 in_flight = [
                     pool.submit(sha256.update, chunk),

@@ -37,6 +37,7 @@ _SCALARS = {
 }
 # Arrays longer than this (vocabularies, merges) are skipped, not decoded.
 _MAX_DECODED_ARRAY = 1024
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,11 @@ class _Cursor:
 
     def skip_array(self, item_type: int, count: int) -> None:
         if item_type == GGUFValueType.STRING:
+            # A vocabulary holds 100k-250k strings: a tight loop, not method calls.
+            length_at, buffer, at = _U64.unpack_from, self.buffer, self.at
             for _ in range(count):
-                self.skip_string()
+                at += 8 + length_at(buffer, at)[0]
+            self.at = at
         elif item_type == GGUFValueType.ARRAY:
             for _ in range(count):
                 self.skip_array(*self.unpack("IQ"))

@@ -16,7 +16,7 @@ from .assemble import BuildResult, engine_info, read_stub, write_file
 from .errors import OutputError
 from .gguf_header import read_header_from_stream
 from .provenance import open_layout
-from .sources import Source, check_vocabulary
+from .sources import Source
 from .stub import StubInfo
 
 
@@ -43,8 +43,7 @@ def upgrade(file: Path, output: Path | None, stub: StubInfo) -> BuildResult:
         in_place=ModelSource(layout.model_path, layout.model_offset),
         provenance=layout.manifest.get("source", {}),
     )
-    # The new engine must know this model (vocab-only load with the new llama.cpp).
-    check_vocabulary(source)
+    # write_file checks that the new engine knows this model (a vocab-only load).
     target = layout.manifest.get("runtime", {}).get("target")
     manifest = {**layout.manifest, "runtime": engine_info(target)}
     manifest["model"] = {k: v for k, v in manifest["model"].items() if k not in ("sha256", "offset")}
