@@ -26,7 +26,12 @@ class ServerConfig:
     on_load_error: Callable[[str], None] | None = None
     ui_dir: Path | None = None
     close_backend: bool = True  # False when the caller shares one backend between apps
-    api_key: str | None = None  # when set, API routes want `Authorization: Bearer <key>`
+    api_key: str | None = None  # when set, API routes want `Authorization: Bearer <key>` or `x-api-key`
+    # The address the server is bound to: the Host header must name it (or a
+    # loopback name) unless `allow_hosts` does, against DNS rebinding.
+    bind_host: str = "127.0.0.1"
+    allow_hosts: tuple[str, ...] = ()
+    cors_origin: str | None = None  # the one foreign web origin that may call the API
 
 
 @dataclass
@@ -69,12 +74,58 @@ def backend_of(request: web.Request) -> Backend:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
+    # JSON is UTF-8 (RFC 8259): a declared charset is ignored, so a bogus one
+    # cannot raise LookupError; nesting deep enough to exhaust the parser's
+    # recursion is refused like any other malformed body.
+    raw = await request.read()
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not valid UTF-8") from None
+    except (ValueError, RecursionError):
         raise BadRequest("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    return _without_lone_surrogates(body)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's parser takes NaN and Infinity; JSON does not
+
+
+def _without_lone_surrogates(body: dict[str, Any]) -> dict[str, Any]:
+    """JSON's `\\ud800` escapes decode to strings that cannot be encoded as UTF-8
+    (tokenizer, templates, replies); they become U+FFFD, as invalid bytes would."""
+
+    def clean(text: str) -> str:
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+    # Iterative, so a deeply nested body cannot exhaust the stack here either.
+    stack: list[Any] = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key in list(node):
+                value = node[key]
+                if isinstance(value, str):
+                    value = clean(value)
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+                if isinstance(key, str) and clean(key) != key:
+                    del node[key]
+                    node[clean(key)] = value
+                else:
+                    node[key] = value
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                if isinstance(value, str):
+                    node[i] = clean(value)
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
     return body
 
 
@@ -106,6 +157,8 @@ async def collect(events: AsyncIterator[Event]) -> tuple[str, Event, list[Event]
 async def started(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
     """Wait for the first event, so a refused request fails before any byte is sent."""
     first = await anext(events)  # type: ignore[call-overload]
+    if first.error and first.finish_reason is not None:
+        raise EngineFailure(first.error)  # nothing was generated: a plain error, not a stream
 
     async def chain() -> AsyncIterator[Event]:
         yield first

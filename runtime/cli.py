@@ -62,7 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests that may wait for a slot; more get 503 (default: %(default)s)",
     )  # fmt: skip
     server.add_argument("--embedding", action="store_true", help="also serve /v1/embeddings")
-    server.add_argument("--api-key", metavar="KEY", help="require this bearer key on the API")
+    server.add_argument(
+        "--api-key", metavar="KEY",
+        help="require KEY on every API route (Authorization: Bearer KEY, or x-api-key: KEY); "
+        "the chat page, /health and /openapi.json stay open",
+    )  # fmt: skip
+    server.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME",
+        help="also answer requests whose Host header is NAME (repeatable). Others get 403, against "
+        "DNS rebinding: only the bound address, localhost, 127.0.0.1 and [::1] are answered, and, "
+        "when bound to 0.0.0.0 or ::, this machine's host name and any IP address",
+    )  # fmt: skip
+    server.add_argument(
+        "--cors-origin", metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://app.example) call the API; "
+        "by default no other web origin may",
+    )  # fmt: skip
+    server.add_argument(
+        "--max-body", type=int, default=10 * 1024 * 1024, metavar="BYTES",
+        help="largest request body; larger ones get 413 (default: %(default)s)",
+    )  # fmt: skip
 
     model = parser.add_argument_group("model")
     model.add_argument("-m", "--model", metavar="GGUF", help="use this GGUF instead of the embedded one")
@@ -161,6 +180,8 @@ def _check_ranges(args: argparse.Namespace) -> None:
         raise CliError("--ctx-size must be 0 (the model's) or more")
     if not 0 < args.port < 65536:
         raise CliError("--port must be between 1 and 65535")
+    if args.max_body < 1:
+        raise CliError("--max-body must be at least 1")
 
 
 def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Any:
@@ -257,9 +278,16 @@ def _serve(args: argparse.Namespace, options: Any, layout: Layout | None) -> int
     from aiohttp import web
 
     from .backend import Backend
+    from .guard import is_loopback
     from .server import ServerConfig, create_app
 
     sock = _bind(args.host, args.port)
+    if not args.api_key and not is_loopback(args.host):
+        print(
+            f"{PROG}: WARNING: listening on {args.host} without --api-key: anyone who can reach this "
+            "machine can use the model; pass --api-key KEY or bind 127.0.0.1",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
     host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{host_for_url}:{sock.getsockname()[1]}/"
     name = args.alias or _default_alias(options, layout)
@@ -283,6 +311,10 @@ def _serve(args: argparse.Namespace, options: Any, layout: Layout | None) -> int
         on_ready=on_ready,
         on_load_error=on_load_error,
         api_key=args.api_key,
+        max_body=args.max_body,
+        bind_host=args.host,
+        allow_hosts=tuple(args.allow_host),
+        cors_origin=args.cors_origin,
     )
     print(f"{PROG}: loading {name}, serving on {url}", file=sys.stderr, flush=True)
     # SIGTERM and SIGINT end the server alike: in-flight streams close and the

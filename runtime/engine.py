@@ -19,8 +19,10 @@ Results flow back through `Request.on_event`, a callback the caller supplies
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,10 @@ _SIMILARITY = 0.1
 
 class QueueFullError(Exception):
     """Every slot is busy and the waiting queue is full."""
+
+
+class EngineStopped(Exception):
+    """The engine thread has ended (a failure it could not survive); nothing more is served."""
 
 
 @dataclass
@@ -195,6 +201,7 @@ class Engine:
         self.waiting: collections.deque[Request] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
+        self.failure: str | None = None  # why the engine thread died, if it did
         self._thread = threading.Thread(target=self._run, name="llamapack-engine", daemon=True)
         self._thread.start()
 
@@ -210,6 +217,9 @@ class Engine:
         if request.sampler is None:
             request.sampler = Sampler(request.params, self.model)
         with self._wake:
+            if self.failure is not None:
+                _free_sampler(request)
+                raise EngineStopped(self.failure)
             if len(self.waiting) >= self.max_queue:
                 _free_sampler(request)
                 raise QueueFullError("the server is busy; try again shortly")
@@ -224,6 +234,19 @@ class Engine:
     def queue_length(self) -> int:
         return len(self.waiting)
 
+    def cancel_all(self) -> None:
+        """The server is stopping: running requests end at the next step, waiting ones now."""
+        with self._wake:
+            waiting = list(self.waiting)
+            self.waiting.clear()
+            for slot in self.slots:
+                if slot.request is not None:
+                    slot.request.cancel()
+            self._wake.notify()
+        for request in waiting:
+            _free_sampler(request)
+            request.on_event(Event(finish_reason="stop", error="the server is shutting down"))
+
     def close(self) -> None:
         with self._wake:
             self._stopping = True
@@ -235,6 +258,27 @@ class Engine:
     # -- the engine thread
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:
+            # Whatever ends the loop, no request may wait forever: every one
+            # running or queued gets a final error event, and `submit` refuses.
+            with self._wake:
+                self.failure = f"the engine stopped after an internal error: {exc!r}"
+                orphans = [slot.request for slot in self.slots if slot.request is not None]
+                orphans += list(self.waiting)
+                self.waiting.clear()
+                for slot in self.slots:
+                    slot.request = None
+            for request in orphans:
+                try:
+                    _free_sampler(request)
+                finally:
+                    with contextlib.suppress(Exception):
+                        request.on_event(Event(finish_reason="stop", error=self.failure))
+            traceback.print_exc()  # a bug: show it, the server itself stays up and says so
+
+    def _serve(self) -> None:
         while True:
             with self._wake:
                 while not self._stopping and not self.waiting and self.busy_slots == 0:
@@ -490,6 +534,7 @@ def _free_sampler(request: Request) -> None:
 
 __all__ = [
     "Engine",
+    "EngineStopped",
     "Event",
     "QueueFullError",
     "Request",

@@ -106,9 +106,12 @@ def read_generation(body: dict[str, Any], max_tokens_field: str = "max_tokens") 
     defaults = SamplingParams()
     max_tokens = _integer(body, "max_completion_tokens", 0, 2**31 - 1)
     if max_tokens is None:
-        max_tokens = _integer(body, max_tokens_field, -1, 2**31 - 1)
+        # OpenAI's max_tokens is never negative; llama.cpp's n_predict -1 means
+        # no limit but the context.
+        low = -1 if max_tokens_field == "n_predict" else 0
+        max_tokens = _integer(body, max_tokens_field, low, 2**31 - 1)
     if max_tokens is not None and max_tokens < 0:
-        max_tokens = None  # llama.cpp's -1: no limit but the context
+        max_tokens = None
     ignore_eos = _flag(body, "ignore_eos", False)
     seed = _integer(body, "seed", -(2**63), 2**64 - 1)
     sampling = SamplingParams(

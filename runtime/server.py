@@ -10,16 +10,17 @@ as generation can start.
 from __future__ import annotations
 
 import asyncio
-import hmac
+import mimetypes
+import traceback
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama
-from aiohttp import web
+from aiohttp import web, web_fileresponse
 
-from . import __version__, api_llamacpp, api_openai
+from . import __version__, api_llamacpp, api_openai, guard, openapi
 from .api_common import (
     CONFIG,
     STATE,
@@ -29,35 +30,46 @@ from .api_common import (
     State,
     error_response,
 )
-from .engine import QueueFullError, RequestError
+from .engine import EngineStopped, QueueFullError, RequestError
 from .params import BadRequest
 
 UI_DIR = web.AppKey("ui_dir", Path)
+
+# Module scripts need a JavaScript type: a machine whose registry lacks or
+# misnames these (Windows' registry can) must still serve the page right.
+# aiohttp's FileResponse guesses from its own table, so both are told.
+for _type, _extension in (("text/javascript", ".js"), ("text/css", ".css"), ("image/svg+xml", ".svg")):
+    mimetypes.add_type(_type, _extension)
+    getattr(web_fileresponse, "CONTENT_TYPES", mimetypes).add_type(_type, _extension)
 
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'; form-action 'self'"
 )
-# Open without the API key: the page itself, its files and the probe.
-_PUBLIC = ("/", "/health", "/favicon.ico")
+_PERMISSIONS = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 
 
 def create_app(config: ServerConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_body, middlewares=[_errors_middleware, _auth_middleware])
+    app = web.Application(
+        client_max_size=config.max_body, middlewares=[_errors_middleware, *guard.middlewares(config)]
+    )
     app[CONFIG] = config
     app[STATE] = State()
     app.router.add_get("/health", health)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/props", props)
+    app.router.add_get("/openapi.json", openapi_document)
     api_openai.add_routes(app)
     api_llamacpp.add_routes(app)
     app.router.add_get("/", index)
     app[UI_DIR] = config.ui_dir or Path(str(resources.files("llamapack.templates")))
     app.router.add_static("/static/", app[UI_DIR], follow_symlinks=False)
     app.on_startup.append(_start_loading)
+    app.on_shutdown.append(_end_requests)
     app.on_cleanup.append(_close_backend)
     app.on_response_prepare.append(_security_headers)
+    app.on_response_prepare.append(guard.cors_headers)
     return app
 
 
@@ -81,6 +93,14 @@ async def _start_loading(app: web.Application) -> None:
     state.loader = asyncio.get_running_loop().create_task(load())
 
 
+async def _end_requests(app: web.Application) -> None:
+    """SIGTERM or SIGINT: streams in flight end now, with their final chunk and [DONE],
+    rather than being cut off when the shutdown timeout runs out."""
+    backend = app[STATE].backend
+    if backend is not None and app[CONFIG].close_backend:  # not a backend other apps share
+        backend.engine.cancel_all()
+
+
 async def _close_backend(app: web.Application) -> None:
     state = app[STATE]
     if state.loader:
@@ -95,6 +115,11 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     if not request.path.startswith(("/v1/", "/health")):
         response.headers.setdefault("Content-Security-Policy", _CSP)
         response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        response.headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+        response.headers.setdefault("Permissions-Policy", _PERMISSIONS)
+    if request.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", "no-cache")  # a newer file's page, not a stale one
 
 
 # ------------------------------------------------------------- middleware
@@ -113,6 +138,8 @@ async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamRe
         return error_response(501, str(exc), "not_supported_error")
     except EngineFailure as exc:
         return error_response(500, str(exc), "server_error")
+    except EngineStopped as exc:
+        return error_response(503, str(exc), "unavailable_error")
     except QueueFullError as exc:
         response = error_response(503, str(exc), "server_overloaded")
         response.headers["Retry-After"] = "1"
@@ -123,17 +150,13 @@ async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamRe
         return error_response(404, f"no route for {request.method} {request.path}", "not_found_error")
     except web.HTTPMethodNotAllowed:
         return error_response(405, f"{request.method} is not allowed here", "invalid_request_error")
-
-
-@web.middleware
-async def _auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    key = request.app[CONFIG].api_key
-    if key and request.path not in _PUBLIC and not request.path.startswith("/static/"):
-        given = request.headers.get("Authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), key):
-            return error_response(401, "invalid or missing API key", "authentication_error")
-    return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise  # already in OpenAI's shape (Unavailable), or not an error
+        return error_response(exc.status, exc.reason, "invalid_request_error")
+    except Exception as exc:  # a bug: the client still gets JSON, the log the traceback
+        traceback.print_exc()
+        return error_response(500, f"internal error: {exc!r}", "server_error")
 
 
 # ---------------------------------------------------------------- routes
@@ -141,6 +164,8 @@ async def _auth_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.backend is not None and state.backend.engine.failure:
+        return web.json_response({"status": "error", "error": state.backend.engine.failure}, status=503)
     if state.backend is not None:
         return web.json_response({"status": "ok"})
     if state.load_error:
@@ -173,6 +198,10 @@ async def props(request: web.Request) -> web.Response:
             },
         )
     return web.json_response(body)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document(request.app[CONFIG].model_alias))
 
 
 async def index(request: web.Request) -> web.FileResponse:
