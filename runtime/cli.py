@@ -160,13 +160,27 @@ def _own_layout() -> Layout | None:
 
 
 def version_text(layout: Layout | None) -> str:
+    """The engine in this file, then what the manifest says built it (they differ
+    only in a file whose stub was swapped by hand)."""
     import llama_cpp
 
-    line = f"llamapack {__version__} (llama-cpp-python {llama_cpp.__version__})"
+    from .backends import LlamaCppBuild, llama_cpp_build
+
+    lines = [
+        f"llamapack {__version__} (llama-cpp-python {llama_cpp.__version__})",
+        llama_cpp_build().summary(),
+    ]
     if layout is not None:
         built = layout.manifest.get("runtime", {})
-        line += f"\nfile built by llamapack {built.get('llamapack', '?')}"
-    return line
+        record = f"file built by llamapack {built.get('llamapack', '?')}"
+        record += f", llama-cpp-python {built.get('llama_cpp_python', '?')}"
+        recorded_build = LlamaCppBuild.from_record(built.get("llama_cpp"))
+        if recorded_build is not None:
+            record += f", {recorded_build.summary()}"
+        if built.get("target"):
+            record += f", for {built['target']}"
+        lines.append(record)
+    return "\n".join(lines)
 
 
 def _check_ranges(args: argparse.Namespace) -> None:
@@ -243,6 +257,7 @@ def _complete(args: argparse.Namespace, options: Any) -> int:
     from .params import Generation
 
     backend = _load(options)
+    announce_engine(backend)
     try:
         generation = Generation(
             sampling=SamplingParams(
@@ -305,7 +320,7 @@ def _serve(args: argparse.Namespace, options: Any, layout: Layout | None) -> int
         os.kill(os.getpid(), signal.SIGINT)
 
     config = ServerConfig(
-        load_backend=lambda: Backend(options),
+        load_backend=lambda: announce_engine(Backend(options)),
         model_alias=name,
         manifest=layout.manifest if layout else {},
         on_ready=on_ready,
@@ -323,6 +338,16 @@ def _serve(args: argparse.Namespace, options: Any, layout: Layout | None) -> int
     if load_errors:
         raise CliError(f"could not load the model: {load_errors[0]}")
     return 0
+
+
+def announce_engine(backend: Any) -> Any:
+    """Say once, at launch, what runs the model (runtime/backends.py), and aloud
+    when it is not what was asked for (-ngl without a GPU)."""
+    report = backend.engine_report
+    print(f"{PROG}: engine: {report.line()}", file=sys.stderr, flush=True)
+    for warning in report.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
+    return backend
 
 
 def _default_alias(options: Any, layout: Layout | None) -> str:

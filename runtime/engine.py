@@ -30,6 +30,7 @@ from typing import Any
 import llama_cpp.llama_cpp as llama
 import numpy as np
 
+from .engine_stats import EngineStats, SlotState
 from .model import Model, TextDecoder
 from .sampling import RequestError, Sampler, SamplingParams
 
@@ -136,7 +137,6 @@ class _Slot:
         self.last_used = 0.0
 
     def start(self, request: Request, reused: int) -> None:
-        self.request = request
         self.next_prompt = reused
         self.last_token = -1
         self.generated = 0
@@ -146,6 +146,9 @@ class _Slot:
         self.usage = Usage(prompt_tokens=len(request.prompt), cached_tokens=reused)
         self.started = time.perf_counter()
         self.first_token_at = 0.0
+        # Last: `Engine.slot_states` (another thread) reads a slot as busy only once
+        # every field above describes this request, not the previous one.
+        self.request = request
 
     @property
     def n_past(self) -> int:
@@ -198,6 +201,7 @@ class Engine:
         self.memory = llama.llama_get_memory(self.ctx)
         self.batch = llama.llama_batch_init(n_batch, 0, n_parallel)
         self.slots = [_Slot(i) for i in range(n_parallel)]
+        self.stats = EngineStats()  # written by the engine thread, read by /metrics
         self.waiting: collections.deque[Request] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
@@ -233,6 +237,22 @@ class Engine:
     @property
     def queue_length(self) -> int:
         return len(self.waiting)
+
+    def slot_states(self) -> list[SlotState]:
+        """Each slot as it is now; read without stopping the engine, so a slot may
+        be one token further by the time the answer is sent."""
+        states = []
+        for slot in self.slots:
+            request = slot.request  # read once: the engine thread may end it meanwhile
+            if request is None:
+                states.append(SlotState(slot.seq_id, False, self.n_ctx, cached_tokens=len(slot.cached)))
+            else:
+                usage = slot.usage
+                states.append(
+                    SlotState(slot.seq_id, True, self.n_ctx, len(request.prompt), usage.cached_tokens,
+                              slot.generated)
+                )  # fmt: skip
+        return states
 
     def cancel_all(self) -> None:
         """The server is stopping: running requests end at the next step, waiting ones now."""
@@ -477,6 +497,7 @@ class Engine:
         slot.usage.completion_tokens = slot.generated
         if slot.first_token_at:
             slot.usage.predicted_ms = (time.perf_counter() - slot.first_token_at) * 1000.0
+        self.stats.record(slot.usage)
         _free_sampler(request)
         if error is not None or not request.cache_prompt:
             llama.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)

@@ -220,6 +220,8 @@ def _paths() -> dict[str, Any]:
         "/v1/health": _get("as /health", public=True),
         "/openapi.json": _get("this document", public=True),
         "/props": _get("the model, its context and the default generation settings"),
+        "/metrics": _get("counters and gauges in Prometheus' text format", "text/plain"),
+        "/slots": _get("each slot: idle or processing, its prompt, cached and generated tokens"),
         "/v1/completions": _post("OpenAI's legacy text completion", _COMPLETIONS),
         "/completion": _post("llama-server's native completion", _COMPLETION),
         "/completions": _post("as /completion", _COMPLETION),

@@ -31,6 +31,7 @@ from .api_common import (
     error_response,
 )
 from .engine import EngineStopped, QueueFullError, RequestError
+from .metrics import add_metrics_routes
 from .params import BadRequest
 
 UI_DIR = web.AppKey("ui_dir", Path)
@@ -62,6 +63,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_get("/openapi.json", openapi_document)
     api_openai.add_routes(app)
     api_llamacpp.add_routes(app)
+    add_metrics_routes(app)  # /metrics, /slots and the request counter
     app.router.add_get("/", index)
     app[UI_DIR] = config.ui_dir or Path(str(resources.files("llamapack.templates")))
     app.router.add_static("/static/", app[UI_DIR], follow_symlinks=False)
@@ -192,6 +194,7 @@ async def props(request: web.Request) -> web.Response:
             bos_token=backend.model.bos_text,
             eos_token=backend.model.eos_text,
             embeddings=backend.embedder is not None,
+            backend=backend.engine_report.as_dict(),  # devices, CPU variant, llama.cpp build
             default_generation_settings={
                 "n_ctx": engine.n_ctx,
                 "params": api_llamacpp.generation_settings(),
