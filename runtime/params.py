@@ -125,12 +125,16 @@ def read_generation(body: dict[str, Any], max_tokens_field: str = "max_tokens") 
         repeat_last_n=_last_n(body, defaults.repeat_last_n),
         seed=None if seed is None or seed < 0 else seed,
     )
+    # A reused prompt cache evaluates the last prompt token alone, and llama.cpp's
+    # kernels round a lone token slightly differently from a batch: with a seed,
+    # the same request must give the same reply, so it is evaluated from scratch.
+    cache_default = sampling.seed is None
     return Generation(
         sampling,
         max_tokens,
         _stop(body),
         ignore_eos,
-        cache_prompt=_flag(body, "cache_prompt", True),
+        cache_prompt=_flag(body, "cache_prompt", cache_default),
     )
 
 
