@@ -14,6 +14,7 @@ from llamapack.runtime import __version__
 
 from . import progress
 from .errors import LlamapackError, UsageError
+from .mounts import on_noexec_mount
 from .targets import TARGETS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -167,6 +168,8 @@ def build(
         )
     _echo(describe(result.manifest, result.header))
     _echo(f"  run it:        {_run_hint(result.output)}")
+    if on_noexec_mount(result.output):
+        _echo(f"  warning:       {result.output.parent} is mounted noexec: copy the file elsewhere to run it")
 
 
 def describe(manifest: dict[str, Any], header: Any = None) -> str:
