@@ -342,8 +342,14 @@ class Engine:
                 if length > shared:
                     best, shared = slot, length
             similar = best is not None and shared > _SIMILARITY * len(request.prompt)
-            # Reusing a small part of a long cache would destroy the rest of it.
-            if best is not None and similar and (not empty or shared >= len(best.cached) // 2):
+            # Reusing a small part of a long cache would destroy the rest of it,
+            # unless that part is the whole prompt (a regenerated reply).
+            whole_prompt = shared >= len(request.prompt) - 1
+            if (
+                best is not None
+                and similar
+                and (not empty or whole_prompt or shared >= len(best.cached) // 2)
+            ):
                 return best, shared
         return (empty or [min(free, key=lambda slot: slot.last_used)])[0], 0
 
