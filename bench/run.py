@@ -217,11 +217,19 @@ def start_llamapack_module(gguf: Path, parallel: int) -> Server:
     )  # fmt: skip
 
 
+# llama-cpp-python built with CPU dispatch (GGML_BACKEND_DL) loads no CPU backend by
+# itself; register the same variant llamapack uses, then run its server unchanged.
+_LLAMA_CPP_PYTHON_SERVER = (
+    "import sys, runpy; from llamapack.runtime.cpu import cpu_backend; cpu_backend(); "
+    "sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__')"
+)
+
+
 def start_llama_cpp_python(gguf: Path) -> Server:
     """One request at a time; by default a new request would cut off the running one."""
     port = free_port()
     return Server(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port),
+        [sys.executable, "-c", _LLAMA_CPP_PYTHON_SERVER, "--model", str(gguf), "--port", str(port),
          "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS), "--n_ctx", "8192",
          "--chat_format", "gemma", "--interrupt_requests", "False"],
         port,
