@@ -38,6 +38,8 @@ from .params import (
     read_messages,
 )
 
+MAX_EMBEDDING_INPUTS = 256
+
 
 def add_routes(app: web.Application) -> None:
     # Without /v1 too, as llama-server; bare /completions is its native route.
@@ -262,8 +264,10 @@ async def embeddings(request: web.Request) -> web.Response:
         isinstance(inputs, list) and inputs and all(isinstance(t, int) for t in inputs)
     ):
         inputs = [inputs]
-    if not isinstance(inputs, list) or not inputs or len(inputs) > 2048:
-        raise BadRequest("'input' must be a string or a list of 1 to 2048 inputs", "input")
+    # Each input is one decode on a 2-core laptop: 2048 (OpenAI's limit) would
+    # hold the embeddings context for most of a minute.
+    if not isinstance(inputs, list) or not inputs or len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise BadRequest(f"'input' must be a string or a list of 1 to {MAX_EMBEDDING_INPUTS} inputs", "input")
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise BadRequest("'encoding_format' must be float or base64", "encoding_format")

@@ -29,6 +29,7 @@ class BackendOptions:
     verbose: bool = False
     max_queue: int = 64
     embedding: bool = False  # also serve /v1/embeddings (a second, small context)
+    n_predict: int = -1  # most tokens one request may generate, as llama-server's -n; -1: no cap
 
 
 DEFAULT_CTX = 8192
@@ -46,6 +47,7 @@ def _embedding_ctx(model: Model, n_ctx: int) -> int:
 class Backend:
     def __init__(self, options: BackendOptions):
         init_backend(options.verbose)
+        self.n_predict = options.n_predict
         self.model = Model(options.source, n_gpu_layers=options.n_gpu_layers)
         try:
             self.formatter = ChatFormatter(self.model, options.chat_template)
@@ -93,7 +95,7 @@ class Backend:
         return Request(
             prompt=prompt,
             params=generation.sampling,
-            max_tokens=generation.max_tokens,
+            max_tokens=_capped(generation.max_tokens, self.n_predict),
             stop=generation.stop,
             ignore_eos=generation.ignore_eos,
             logprobs=generation.logprobs,
@@ -143,3 +145,9 @@ class Backend:
                     return event
         finally:
             request.cancel()
+
+
+def _capped(max_tokens: int | None, n_predict: int) -> int | None:
+    if n_predict < 0:
+        return max_tokens
+    return n_predict if max_tokens is None else min(max_tokens, n_predict)

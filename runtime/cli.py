@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sampling = parser.add_argument_group("generation (-p mode)")
     sampling.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
-                          help="tokens to generate, -1 for no limit (default: -1)")  # fmt: skip
+                          help="tokens to generate (-p), or the most one request may generate "
+                          "(server); -1 for no limit (default: -1)")  # fmt: skip
     sampling.add_argument("--temp", type=float, default=0.8, metavar="T")
     sampling.add_argument("--top-k", type=int, default=40, metavar="K")
     sampling.add_argument("--top-p", type=float, default=0.95, metavar="P")
@@ -224,6 +225,7 @@ def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Any:
         verbose=args.verbose,
         max_queue=args.max_queue,
         embedding=args.embedding and args.prompt is None,
+        n_predict=args.n_predict,
     )
 
 
