@@ -133,3 +133,53 @@ async def test_queue_is_first_come_first_served_and_503_when_full(aiohttp_client
         "prompt": "after", "n_predict": 2, "stream": True,
     }))  # fmt: skip
     assert events
+
+
+async def test_a_slow_reader_does_not_hold_up_others(client, backend):
+    """A client that stops reading its stream: its writes wait for it, nobody else does."""
+    slow = await client.post(CHAT, json={
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+        "max_tokens": 300, "stream": True, "ignore_eos": True,
+    })  # fmt: skip
+    await slow.content.readline()  # one event, then no more reading for a while
+    others = await asyncio.gather(*(
+        client.post(CHAT, json={
+            "messages": [{"role": "user", "content": f"Count to {n}."}], "max_tokens": 8, "ignore_eos": True,
+        })
+        for n in (3, 4)
+    ))  # fmt: skip
+    for response in others:
+        assert response.status == 200
+        assert (await response.json())["usage"]["completion_tokens"] == 8
+    slow.close()
+    for _ in range(200):
+        if backend.engine.busy_slots == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert backend.engine.busy_slots == 0  # the abandoned stream freed its slot
+
+
+async def test_many_clients_leaving_mid_stream_free_every_slot(client, backend):
+    streams = [
+        await client.post(
+            CHAT,
+            json={
+                "messages": [{"role": "user", "content": f"Story {i}"}],
+                "max_tokens": 500,
+                "stream": True,
+                "ignore_eos": True,
+            },
+        )  # fmt: skip
+        for i in range(4)  # every slot
+    ]
+    for stream in streams:
+        await stream.content.readline()
+    for stream in streams:
+        stream.close()
+    for _ in range(300):
+        if backend.engine.busy_slots == 0 and backend.engine.queue_length == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert backend.engine.busy_slots == 0 and backend.engine.queue_length == 0
+    after = await client.post(CHAT, json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    assert after.status == 200
