@@ -35,3 +35,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# The real Gemma backend and an in-process client for the API tests; a test
+# module that needs other engine settings overrides `backend`.
+@pytest.fixture(scope="module")
+def backend(gemma_gguf):
+    from .api_support import gemma_backend
+
+    shared = gemma_backend(gemma_gguf)
+    yield shared
+    shared.close()
+
+
+@pytest.fixture
+async def client(aiohttp_client, backend):
+    from .api_support import gemma_app, wait_ready
+
+    client = await aiohttp_client(gemma_app(backend))
+    await wait_ready(client)
+    return client

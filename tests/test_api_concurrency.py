@@ -11,20 +11,6 @@ from .api_support import gemma_app, gemma_backend, sse_data, wait_ready
 CHAT = "/v1/chat/completions"
 
 
-@pytest.fixture(scope="module")
-def backend(gemma_gguf):
-    shared = gemma_backend(gemma_gguf)
-    yield shared
-    shared.close()
-
-
-@pytest.fixture
-async def client(aiohttp_client, backend):
-    client = await aiohttp_client(gemma_app(backend))
-    await wait_ready(client)
-    return client
-
-
 async def test_health_answers_while_four_streams_decode(client, backend):
     long = {"max_tokens": 4000, "stream": True, "ignore_eos": True}
     responses = [

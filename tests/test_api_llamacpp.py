@@ -4,25 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from .api_support import gemma_app, gemma_backend, sse_data, wait_ready
+from .api_support import sse_data
 
 PROMPT = "The three primary colours are"
-
-
-@pytest.fixture(scope="module")
-def backend(gemma_gguf):
-    shared = gemma_backend(gemma_gguf)
-    yield shared
-    shared.close()
-
-
-@pytest.fixture
-async def client(aiohttp_client, backend):
-    client = await aiohttp_client(gemma_app(backend))
-    await wait_ready(client)
-    return client
 
 
 async def test_completion(client):

@@ -39,13 +39,6 @@ def backend(gemma_gguf):
     shared.close()
 
 
-@pytest.fixture
-async def client(aiohttp_client, backend):
-    client = await aiohttp_client(gemma_app(backend))
-    await wait_ready(client)
-    return client
-
-
 def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """name -> labels -> value, after checking every line against the format."""
     for line in text.splitlines():
