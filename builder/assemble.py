@@ -9,26 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from llamapack.runtime import __version__
 from llamapack.runtime import fileformat as ff
-from llamapack.runtime.model import ModelSource
+from llamapack.runtime.fileformat import ModelSource
 
 from .atomic import atomic_output
 from .chat_template import choose_chat_template
-from .copying import copy_with_digests
+from .copying import Digests, copy_span, copy_with_digests
 from .errors import OutputError, RuntimeStubError, SourceError, UsageError
 from .gguf_header import GGUFHeader
 from .progress import progress_bar
+from .source_cache import Fingerprint, Known, SourceCache
 from .sources import Source, check_vocabulary, check_vocabulary_at
-from .stub import StubInfo, llama_cpp_version, target_name
+from .stub import StubInfo, cache_dir, llama_cpp_version, target_name
 from .targets import WINDOWS_MAX_FILE, exe_suffix
 
 _PLACEHOLDER_SHA256 = "0" * 64
@@ -139,37 +141,111 @@ def write_file(
 
     llama.cpp's vocabulary check of the source runs alongside the copy (it takes
     about as long as copying a GiB); the copy stops as soon as it fails, and
-    nothing is kept under the output name unless it passed."""
+    nothing is kept under the output name unless it passed. What an earlier build
+    learned about the same unchanged file (its digests, that it loads) is reused,
+    except when `expected_sha256` asks for the weights to be checked."""
+    known, record = _known_about(source, trust=expected_sha256 is None)
+    loads = check_model and llama_cpp_version() not in known.loads_with
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamapack-vocab") as pool:
-        vocabulary = pool.submit(check_vocabulary if check_model else lambda _: None, source)
-        return _write(source, output, manifest, args, stub_data, stub_path, expected_sha256, beside,
-                      vocabulary)  # fmt: skip
+        vocabulary = pool.submit(check_vocabulary if loads else lambda _: None, source)
+        copy = _ModelCopy(source, known.digests, vocabulary, expected_sha256)
+        if beside is not None:
+            result = _write_with_model_beside(copy, output, manifest, args, stub_data, stub_path, beside)
+        else:
+            result = _write(copy, output, manifest, args, stub_data, stub_path)
+    record(copy.digests, loads_checked=check_model)
+    return result
+
+
+@dataclass
+class _ModelCopy:
+    """Copies the source's GGUF into an open output and checks what was copied."""
+
+    source: Source
+    known: Digests | None
+    vocabulary: Future[None]
+    expected_sha256: str | None
+    digests: Digests | None = None
+
+    def __post_init__(self) -> None:
+        self.fingerprint = _fingerprint(self.source)
+
+    def into(self, target: BinaryIO) -> Digests:
+        source = self.source
+        with progress_bar(source.size, f"Copying {source.file_name}") as bar:
+            try:
+                if source.in_place is not None:
+                    self.digests = copy_span(
+                        source.in_place, source.size, target, bar, self._vocabulary_failed, self.known
+                    )
+                else:
+                    with _open_source(source) as model:
+                        interrupt = self._vocabulary_failed
+                        self.digests = copy_with_digests(model, target, source.size, bar, interrupt)
+            except EOFError:
+                raise SourceError(f"{source.label} changed size while it was being copied") from None
+            except zipfile.BadZipFile as exc:
+                raise SourceError(f"{source.label} is damaged: {exc}") from None
+        return self.digests
+
+    def check(self, copied_model: ModelSource) -> None:
+        """Before the output is kept: llama.cpp loads the model, and the weights are
+        the ones expected and did not change while they were copied."""
+        self.vocabulary.result()
+        assert self.digests is not None
+        label = self.source.label
+        if self.fingerprint is not None and _fingerprint(self.source) != self.fingerprint:
+            raise SourceError(f"{label} changed while it was being copied")
+        if self.expected_sha256 is not None and self.digests.sha256 != self.expected_sha256:
+            raise SourceError(
+                f"the weights read from {label} do not match its manifest's sha256; "
+                "run `llamapack verify` on it"
+            )
+        if self.source.in_place is None:  # compressed source: check the copy before keeping it
+            check_vocabulary_at(copied_model, label)
+
+    def _vocabulary_failed(self) -> None:
+        if self.vocabulary.done():
+            self.vocabulary.result()  # raises the check's SourceError
+
+
+def _fingerprint(source: Source) -> Fingerprint | None:
+    if source.in_place is None:
+        return None
+    try:
+        return Fingerprint.of(source.in_place, source.size)
+    except OSError as exc:
+        raise SourceError(f"cannot read {source.label}: {exc.strerror or exc}") from None
+
+
+def _known_about(source: Source, trust: bool) -> tuple[Known, Callable[..., None]]:
+    """What the source cache knows about `source`, and how to record what this build learns."""
+    fingerprint = _fingerprint(source)
+    if fingerprint is None:
+        return Known(), lambda *_, **__: None
+    cache = SourceCache(cache_dir())
+    seen_at = time.time_ns()
+    known = cache.lookup(fingerprint) if trust else Known()
+
+    def record(digests: Digests | None, loads_checked: bool) -> None:
+        if loads_checked:
+            cache.record(fingerprint, seen_at, digests, llama_cpp_version())
+
+    return known, record
 
 
 def _write(
-    source: Source,
+    copy: _ModelCopy,
     output: Path,
     manifest: dict[str, Any],
     args: list[str],
     stub_data: bytes,
     stub_path: Path,
-    expected_sha256: str | None,
-    beside: Path | None,
-    vocabulary: Future[None],
 ) -> BuildResult:
-    def vocabulary_failed() -> None:
-        if vocabulary.done():
-            vocabulary.result()  # raises the check's SourceError
-
-    try:
-        args_bytes = ff.encode_args(args)
-    except ValueError as exc:
-        raise UsageError(f"{exc}: .args holds one argument per line") from None
+    source = copy.source
+    args_bytes = _encode_args(args)
     manifest = {**manifest, "runtime": {**manifest["runtime"], "stub_sha256": _sha256(stub_data)}}
     stub_layout = _split_stub(stub_data, stub_path)
-    if beside is not None:
-        return _write_with_model_beside(source, output, manifest, args_bytes, stub_layout, beside,
-                                        expected_sha256, vocabulary)  # fmt: skip
     model_member = ff.place_model(stub_layout, source.file_name, source.size)
     # The manifest holds the model's hash, known only after the copy; a
     # placeholder of the same length fixes every offset before writing starts.
@@ -177,27 +253,13 @@ def _write(
     plan = ff.plan_file(stub_layout, model_member, len(ff.encode_manifest(placeholder)), len(args_bytes))
 
     def check_copy(temp: Path) -> None:
-        vocabulary.result()
-        if expected_sha256 is not None and digests.sha256 != expected_sha256:
-            raise SourceError(
-                f"the weights read from {source.label} do not match its manifest's sha256; "
-                "run `llamapack verify` on it"
-            )
-        if source.in_place is None:  # compressed source: check the copy before keeping it
-            check_vocabulary_at(ModelSource(temp, plan.model.data_at), source.label)
+        copy.check(ModelSource(temp, plan.model.data_at))
 
-    archive = stub_layout.archive
-    with atomic_output(output, check_copy) as target, _open_source(source) as model:
+    with atomic_output(output, check_copy) as target:
         target.write(stub_layout.data)
         target.write(bytes(plan.model.header_at - len(stub_layout.data)))
         target.write(plan.model.local_header())
-        with progress_bar(source.size, f"Copying {source.file_name}") as bar:
-            try:
-                digests = copy_with_digests(model, target, source.size, bar, vocabulary_failed)
-            except EOFError:
-                raise SourceError(f"{source.label} changed size while it was being copied") from None
-            except zipfile.BadZipFile as exc:
-                raise SourceError(f"{source.label} is damaged: {exc}") from None
+        digests = copy.into(target)
         plan.model.crc = digests.crc32
         manifest = _with_model(manifest, digests.sha256, plan.model.data_at)
         manifest_bytes = ff.encode_manifest(manifest)
@@ -206,7 +268,7 @@ def _write(
             member.crc = zlib.crc32(data)
             target.write(member.local_header())
             target.write(data)
-        target.write(archive)
+        target.write(stub_layout.archive)
         target.write(ff.central_directory(plan))
         # The model's CRC is known only after the copy: patch its header.
         target.seek(plan.model.header_at)
@@ -215,29 +277,19 @@ def _write(
 
 
 def _write_with_model_beside(
-    source: Source,
+    copy: _ModelCopy,
     output: Path,
     manifest: dict[str, Any],
-    args_bytes: bytes,
-    stub_layout: ff.Stub,
+    args: list[str],
+    stub_data: bytes,
+    stub_path: Path,
     beside: Path,
-    expected_sha256: str | None,
-    vocabulary: Future[None],
 ) -> BuildResult:
-    def check_copy(_: Path) -> None:
-        vocabulary.result()
-        if expected_sha256 is not None and digests.sha256 != expected_sha256:
-            raise SourceError(f"the weights read from {source.label} do not match its manifest's sha256")
-
-    with (
-        atomic_output(beside, check_copy, executable=False) as target,
-        _open_source(source) as model,
-        progress_bar(source.size, f"Copying {source.file_name}") as bar,
-    ):
-        try:
-            digests = copy_with_digests(model, target, source.size, bar)
-        except EOFError:
-            raise SourceError(f"{source.label} changed size while it was being copied") from None
+    args_bytes = _encode_args(args)
+    stub_layout = _split_stub(stub_data, stub_path)
+    with atomic_output(beside, lambda temp: copy.check(ModelSource(temp)), executable=False) as target:
+        digests = copy.into(target)
+    manifest = {**manifest, "runtime": {**manifest["runtime"], "stub_sha256": _sha256(stub_data)}}
     manifest = _with_model(manifest, digests.sha256, 0)
     manifest["model"]["external"] = beside.name
     manifest_bytes = ff.encode_manifest(manifest)
@@ -250,7 +302,14 @@ def _write_with_model_beside(
             exe.write(data)
         exe.write(stub_layout.archive)
         exe.write(ff.central_directory(plan))
-    return BuildResult(output, manifest, source.header, output.stat().st_size, model_beside=beside)
+    return BuildResult(output, manifest, copy.source.header, output.stat().st_size, model_beside=beside)
+
+
+def _encode_args(args: list[str]) -> bytes:
+    try:
+        return ff.encode_args(args)
+    except ValueError as exc:
+        raise UsageError(f"{exc}: .args holds one argument per line") from None
 
 
 def engine_info(target: str | None = None) -> dict[str, Any]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from llamapack.runtime.chat import builtin_template_names
-
 from .errors import UsageError
 from .gguf_header import GGUFHeader
 
@@ -31,6 +29,8 @@ FALLBACK_TEMPLATE = "chatml"
 def choose_chat_template(header: GGUFHeader, override: str | None) -> dict[str, Any]:
     """The manifest's `chat_template` entry: where the template comes from and its name."""
     if override:
+        from llamapack.runtime.chat import builtin_template_names  # loads llama.cpp: only when needed
+
         names = builtin_template_names()
         if override not in names:
             raise UsageError(f"unknown chat template {override!r}; llama.cpp knows: {', '.join(names)}")

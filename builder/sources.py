@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from llamapack.runtime.model import ModelLoadError, ModelSource
+from llamapack.runtime.fileformat import ModelSource
 
 from .errors import SourceError, UsageError
 from .gguf_header import GGUFHeader, read_header, read_header_from_stream
@@ -284,7 +284,7 @@ def check_vocabulary(source: Source) -> None:
 
 
 def check_vocabulary_at(where: ModelSource, label: str) -> None:
-    from llamapack.runtime.model import Model, init_backend
+    from llamapack.runtime.model import Model, ModelLoadError, init_backend
 
     init_backend()
     try:

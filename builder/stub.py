@@ -7,6 +7,7 @@ file is a copy job, not a PyInstaller run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -71,11 +72,15 @@ def _sources_digest() -> str:
                 digest.update(path.relative_to(root).as_posix().encode() + b"\0")
                 digest.update(path.read_bytes())
     for library in sorted(_library_args()[1::2]):
+        # 40 MB of libraries: their size and mtime say as much as their bytes
+        # (a reinstall changes both) at no cost to every build.
         path = Path(library.split(os.pathsep)[0])
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        info = path.stat()
+        digest.update(f"{path.name}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
     return digest.hexdigest()[:12]
 
 
+@functools.cache
 def stub_key() -> str:
     return f"{__version__}-llama-cpp-python-{llama_cpp_version()}-{target_name()}-{_sources_digest()}"
 

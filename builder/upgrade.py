@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llamapack.runtime.model import ModelSource
+from llamapack.runtime.fileformat import ModelSource
 
 from .assemble import BuildResult, engine_info, read_stub, write_file
 from .errors import OutputError

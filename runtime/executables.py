@@ -40,9 +40,9 @@ class Stub:
     archive_at: int
 
     @property
-    def archive(self) -> bytes:
+    def archive(self) -> memoryview:
         """The archive with its cookie: relative addressing makes it valid anywhere."""
-        return self.data[self.archive_at : self.cookie_at + PYI_COOKIE.size]
+        return memoryview(self.data)[self.archive_at : self.cookie_at + PYI_COOKIE.size]
 
 
 def read_stub(data: bytes) -> Stub:

@@ -45,6 +45,15 @@ ARGS_NAME = ".args"
 USER_ARGS_MARKER = "..."
 GGUF_MAGIC = b"GGUF"
 
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the GGUF lies: a whole file, or a span inside a bigger one."""
+
+    path: Path
+    offset: int = 0
+
+
 # ZIP structures (APPNOTE 6.3.x); all little-endian.
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _CENTRAL_HEADER = struct.Struct("<IHHHHHHIIIHHHHHII")

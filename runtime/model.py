@@ -14,12 +14,12 @@ import ctypes.util
 import os
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp.llama_cpp as llama
 
 from .cpu import cpu_backend
+from .fileformat import ModelSource
 
 _LOG_ERROR = 4
 _LOG_CONT = 5
@@ -29,14 +29,6 @@ _LOAD_MODE_MMAP = 1
 
 class ModelLoadError(Exception):
     """llama.cpp could not load the model."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the GGUF lies: a whole file, or a span inside a bigger one."""
-
-    path: Path
-    offset: int = 0
 
 
 class _LlamaLog:

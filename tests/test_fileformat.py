@@ -159,7 +159,7 @@ def test_zip64_when_the_model_passes_4_gib(tmp_path):
         for member, data in ((plan.manifest, manifest), (plan.args, args)):
             member.crc = zlib.crc32(data)
             out.write(member.local_header() + data)
-        out.write(stub.archive + ff.central_directory(plan))
+        out.write(bytes(stub.archive) + ff.central_directory(plan))
     with zipfile.ZipFile(path) as archive:
         assert archive.getinfo("big.gguf").file_size == size
         assert archive.getinfo(".args").header_offset > 2**32
