@@ -189,6 +189,36 @@ def sse_response() -> web.StreamResponse:
     )
 
 
+async def stream_events(
+    request: web.Request,
+    events: AsyncIterator[Event],
+    chunk: Callable[[Event], dict[str, Any]],
+    closing: Callable[[Event], list[dict[str, Any]]],
+    opening: dict[str, Any] | None = None,
+    done_marker: bool = True,
+) -> web.StreamResponse:
+    """Server-sent events: `opening`, one `chunk` per event with text, the `closing`
+    chunks made from the last event, then OpenAI's `[DONE]`. A client that leaves
+    ends it quietly: the caller's `aclose` of `events` cancels the request."""
+    response = sse_response()
+    await response.prepare(request)
+    try:
+        if opening is not None:
+            await send_event(response, opening)
+        last = Event()
+        async for event in events:
+            last = event
+            if event.text:
+                await send_event(response, chunk(event))
+        for payload in closing(last):
+            await send_event(response, payload)
+        if done_marker:
+            await response.write(b"data: [DONE]\n\n")
+    except ConnectionError:
+        pass
+    return response
+
+
 async def send_event(response: web.StreamResponse, payload: dict[str, Any]) -> None:
     data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     await response.write(f"data: {data}\n\n".encode())

@@ -18,9 +18,8 @@ from .api_common import (
     json_body,
     piece_text,
     read_stream,
-    send_event,
-    sse_response,
     started,
+    stream_events,
 )
 from .api_openai import read_prompt
 from .engine import Event, TokenLogprob
@@ -79,24 +78,19 @@ async def completion(request: web.Request) -> web.StreamResponse:
         if not stream:
             text, last, parts = await collect(produced)
             return web.json_response(final(text, last, parts))
-        response = sse_response()
-        await response.prepare(request)
-        try:
-            last = Event()
-            async for event in produced:
-                last = event
-                if event.text:
-                    chunk: dict[str, Any] = {
-                        "index": 0, "content": event.text, "tokens": [], "stop": False,
-                        "id_slot": -1,
-                    }  # fmt: skip
-                    if generation.logprobs is not None:
-                        chunk["completion_probabilities"] = _probabilities([event])
-                    await send_event(response, chunk)
-            await send_event(response, final("", last, []))
-        except ConnectionError:
-            pass
-        return response
+
+        def chunk(event: Event) -> dict[str, Any]:
+            piece: dict[str, Any] = {
+                "index": 0, "content": event.text, "tokens": [], "stop": False, "id_slot": -1,
+            }  # fmt: skip
+            if generation.logprobs is not None:
+                piece["completion_probabilities"] = _probabilities([event])
+            return piece
+
+        def closing(last: Event) -> list[dict[str, Any]]:
+            return [final("", last, [])]
+
+        return await stream_events(request, produced, chunk, closing, done_marker=False)
     finally:
         await events.aclose()
 

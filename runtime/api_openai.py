@@ -6,7 +6,7 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -22,9 +22,8 @@ from .api_common import (
     piece_text,
     read_include_usage,
     read_stream,
-    send_event,
-    sse_response,
     started,
+    stream_events,
 )
 from .backend import Backend
 from .engine import Event, TokenLogprob
@@ -117,37 +116,43 @@ async def _stream_chat(
     events: AsyncIterator[Event],
     logprobs: int | None,
 ) -> web.StreamResponse:
-    response = sse_response()
-    await response.prepare(request)
-    try:
-        await send_event(response, envelope("chat.completion.chunk", [
-            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        ]))  # fmt: skip
-        last = Event()
-        async for event in events:
-            last = event
-            if event.text:
-                choice: dict[str, Any] = {
-                    "index": 0, "delta": {"content": event.text}, "finish_reason": None
-                }  # fmt: skip
-                if logprobs is not None:
-                    choice["logprobs"] = _chat_logprobs([event])
-                await send_event(response, envelope("chat.completion.chunk", [choice]))
-        final = envelope("chat.completion.chunk", [
-            {"index": 0, "delta": {}, "finish_reason": last.finish_reason}
-        ])  # fmt: skip
+    kind = "chat.completion.chunk"
+
+    def chunk(event: Event) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": event.text}, "finish_reason": None}
+        if logprobs is not None:
+            choice["logprobs"] = _chat_logprobs([event])
+        return envelope(kind, [choice])
+
+    def last_choice(reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "delta": {}, "finish_reason": reason}
+
+    opening = envelope(
+        kind, [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+    )
+    closing = _closing_chunks(body, envelope, kind, last_choice)
+    return await stream_events(request, events, chunk, closing, opening=opening)
+
+
+def _closing_chunks(
+    body: dict[str, Any], envelope: _Envelope, kind: str, last_choice: Callable[[str | None], dict[str, Any]]
+) -> Callable[[Event], list[dict[str, Any]]]:
+    """The chunk with the finish reason (and llama-server's timings), then the usage
+    chunk when `stream_options.include_usage` asks for it."""
+
+    def closing(last: Event) -> list[dict[str, Any]]:
+        final = envelope(kind, [last_choice(last.finish_reason)])
         if last.error:
             final["error"] = {"message": last.error, "type": "server_error"}
         final["timings"] = last.usage.timings()
-        await send_event(response, final)
+        chunks = [final]
         if read_include_usage(body):
-            usage_chunk = envelope("chat.completion.chunk", [])
+            usage_chunk = envelope(kind, [])
             usage_chunk["usage"] = openai_usage(last)
-            await send_event(response, usage_chunk)
-        await response.write(b"data: [DONE]\n\n")
-    except ConnectionError:
-        pass  # the client left; the caller's `aclose` cancels the request
-    return response
+            chunks.append(usage_chunk)
+        return chunks
+
+    return closing
 
 
 def _chat_logprobs(events: list[Event]) -> dict[str, Any]:
@@ -211,28 +216,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
             reply["usage"] = openai_usage(last)
             reply["timings"] = last.usage.timings()
             return web.json_response(reply)
-        response = sse_response()
-        await response.prepare(request)
-        try:
-            last = Event()
-            async for event in produced:
-                last = event
-                if event.text:
-                    chunk = envelope("text_completion", [choice(event.text, [event], None)])
-                    await send_event(response, chunk)
-            final = envelope("text_completion", [choice("", [], last.finish_reason)])
-            if last.error:
-                final["error"] = {"message": last.error, "type": "server_error"}
-            final["timings"] = last.usage.timings()
-            await send_event(response, final)
-            if read_include_usage(body):
-                usage_chunk = envelope("text_completion", [])
-                usage_chunk["usage"] = openai_usage(last)
-                await send_event(response, usage_chunk)
-            await response.write(b"data: [DONE]\n\n")
-        except ConnectionError:
-            pass
-        return response
+
+        def chunk(event: Event) -> dict[str, Any]:
+            return envelope("text_completion", [choice(event.text, [event], None)])
+
+        closing = _closing_chunks(body, envelope, "text_completion", lambda reason: choice("", [], reason))
+        return await stream_events(request, produced, chunk, closing)
     finally:
         await events.aclose()
 
