@@ -150,11 +150,17 @@ def bench_build(repeats: int) -> dict[str, float]:
 
     def fresh(target: Path) -> None:
         # This disk is mounted with `discard`: blocks freed by the unlink are trimmed at
-        # the next journal commit, and a copy started meanwhile waits for them (cp took
-        # 2.7 s instead of 0.33 s). Let the commit (5 s at most) pass before timing.
+        # the next journal commit, and a copy started meanwhile waits for them. Let the
+        # commit (5 s at most) pass; then read the source again, since this VM's kernel
+        # reclaims idle page cache within seconds (DAMON): cp took 2.5 s instead of
+        # 0.33 s with either left out.
         target.unlink(missing_ok=True)
         os.sync()
         time.sleep(6)
+        with source.open("rb", buffering=0) as file:
+            buffer = bytearray(16 << 20)
+            while file.readinto(buffer):
+                pass
 
     for _ in range(repeats):
         fresh(copy_target)
@@ -169,7 +175,8 @@ def bench_build(repeats: int) -> dict[str, float]:
             built_file(source, build_target.name)
             times[kind].append(time.perf_counter() - started)
     fresh(build_target)
-    return {"size": source.stat().st_size, **{name: statistics.median(t) for name, t in times.items()}}
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return {"size": source.stat().st_size, **medians, "runs": times}
 
 
 # -------------------------------------------------------------- servers
@@ -387,6 +394,13 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.system()} {platform.release()}"
 
 
+def build_runs(build: dict) -> str:
+    lines = ["| command | runs |", "|---|---|"]
+    for name, runs in build["runs"].items():
+        lines.append(f"| {name} | {', '.join(f'{t:.2f}' for t in runs)} |")
+    return "\n".join(lines)
+
+
 def decode_rounds(decode: dict) -> str:
     lines = ["| server | 1 stream | 4 streams |", "|---|---|---|"]
     for name, run in decode.items():
@@ -455,7 +469,10 @@ Build: `cp` {build["cp"]:.2f} s and `sha256sum` {build["sha256sum"]:.2f} s for t
 its SHA-256 and CRC-32 (Python's hashlib with SHA-NI: about 0.6 s per GiB here, so hashing,
 not copying, sets the pace) and llama.cpp checks its vocabulary; a rebuild of the unchanged
 file reuses those results and only copies. Both include Python start-up, imports and
-writing the 47 MiB runtime.
+writing the 47 MiB runtime. Every run, in seconds (this VM's times swing with how the
+host backs the memory a copy writes into, which no guest-side step settles):
+
+{build_runs(build)}
 
 llama-cpp-python's server runs one request at a time. With its defaults a new request
 cuts off the running stream (the behaviour the issue measured: 4 streams got 128 tokens in
