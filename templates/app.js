@@ -23,7 +23,7 @@ const CURRENT_KEY = "llamapack.current.v1";
 const SETTINGS_KEY = "llamapack.settings.v1";
 // The server's own sampling defaults; a reply length limit keeps a small model
 // from rambling until the context is full.
-const DEFAULT_SETTINGS = { systemPrompt: "", temperature: 0.8, topP: 0.95, maxTokens: 1024 };
+const DEFAULT_SETTINGS = { systemPrompt: "", temperature: 0.8, topP: 0.95, maxTokens: 1024, apiKey: "" };
 const NARROW = window.matchMedia("(max-width: 760px)");
 
 const state = {
@@ -481,7 +481,7 @@ async function generate(chat) {
 async function streamReply(body, signal, message, progress) {
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", ...authHeaders() },
     body: JSON.stringify(body),
     signal,
   });
@@ -613,6 +613,7 @@ async function httpError(response) {
   const body = await response.json().catch(() => ({}));
   const detail = body?.error?.message || `the server answered ${response.status}`;
   if (response.status === 400 && /context/i.test(detail)) return new ChatError("context", detail);
+  if (response.status === 401) return new ChatError("auth", detail);
   if (response.status === 503) {
     const kind = /load/i.test(detail) ? "loading" : "busy";
     return new ChatError(kind, detail, { retryAfter: response.headers.get("Retry-After") });
@@ -633,6 +634,9 @@ function explain(error) {
     }
     case "loading":
       return "The model is still loading. Retry in a moment.";
+    case "auth":
+      return "This server asks for an API key (it was started with --api-key). " +
+        "Enter the key in Settings, then retry.";
     case "stream":
       return "The model stopped with an error before finishing its reply.";
     case "incomplete":
@@ -695,7 +699,7 @@ async function watchServer() {
 
 async function loadProps() {
   try {
-    const response = await fetch("/props", { cache: "no-store" });
+    const response = await fetch("/props", { cache: "no-store", headers: authHeaders() });
     if (!response.ok) return;
     state.props = await response.json();
   } catch {
@@ -754,7 +758,14 @@ const FIELDS = [
   ["temperature", "temperature", (v) => clampNumber(v, 0, 2, DEFAULT_SETTINGS.temperature)],
   ["topP", "top-p", (v) => clampNumber(v, 0, 1, DEFAULT_SETTINGS.topP)],
   ["maxTokens", "max-tokens", (v) => (v.trim() ? Math.round(clampNumber(v, 1, 1e9, 1)) : null)],
+  ["apiKey", "api-key", (v) => v.trim()],
 ];
+
+/** The key for a server started with --api-key, as its API expects it. */
+function authHeaders() {
+  const key = state.settings.apiKey;
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
 
 function clampNumber(text, low, high, fallback) {
   const value = Number.parseFloat(text);
@@ -825,8 +836,11 @@ function wire() {
   ui.openSettings.addEventListener("click", openSettings);
   ui.settingsForm.addEventListener("input", readSettingsForm);
   ui.settingsForm.addEventListener("submit", readSettingsForm);
+  // The key may have changed: read the model's details with it.
+  ui.settings.addEventListener("close", loadProps);
   ui.resetSettings.addEventListener("click", () => {
-    state.settings = { ...DEFAULT_SETTINGS };
+    // Sampling back to the defaults; the API key is a credential, not a preference.
+    state.settings = { ...DEFAULT_SETTINGS, apiKey: state.settings.apiKey };
     writeJSON(SETTINGS_KEY, state.settings);
     fillSettingsForm();
   });

@@ -42,24 +42,26 @@ INJECTION = "<img src=x onerror=alert(1)>"
 # ------------------------------------------------------------------ fixtures
 
 
+API_KEY = "page-key-123"
+
+
 @pytest.fixture(scope="module")
 def server(gemma_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _serve(gemma_gguf, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(gemma_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _serve(gemma_gguf, tmp_path_factory, "--api-key", API_KEY)
+
+
+def _serve(gemma_gguf: Path, tmp_path_factory: pytest.TempPathFactory, *extra: str) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("ui") / "server.log"
     command = [
-        sys.executable,
-        "-m",
-        "llamapack.runtime",
-        "-m",
-        str(gemma_gguf),
-        "--chat-template",
-        "gemma",
-        "--nobrowser",
-        "--port",
-        str(port),
-        "-t",
-        "2",
-    ]
+        sys.executable, "-m", "llamapack.runtime", "-m", str(gemma_gguf), "--chat-template", "gemma",
+        "--nobrowser", "--port", str(port), "-t", "2", *extra,
+    ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/"
@@ -504,6 +506,32 @@ def test_settings_persist_and_reach_the_request(session: Session) -> None:
     assert body["messages"][0] == {"role": "system", "content": "Answer in French."}
     assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.3, 0.5, 77)
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+def test_a_server_with_an_api_key_gets_it_from_the_settings(browser: Browser, keyed_server: str) -> None:
+    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    session = Session(context, keyed_server)
+    try:
+        page = session.open()
+        send(page, "Say hello.")
+        error = page.locator("#error")
+        expect(error).to_contain_text("asks for an API key")
+        page.get_by_role("button", name="Settings").click()
+        dialog = page.get_by_role("dialog", name="Settings")
+        expect(dialog.locator("#model-info")).not_to_contain_text("gemma-3-270m-q4_k_m")  # /props: 401
+        dialog.get_by_label("API key").fill(API_KEY)
+        dialog.get_by_role("button", name="Done").click()
+        page.get_by_role("button", name="Retry").click()
+        wait_until_idle(page)
+        expect(error).to_be_hidden()
+        expect(last_reply(page).locator(".content")).not_to_be_empty()
+        page.get_by_role("button", name="Settings").click()
+        expect(dialog.locator("#model-info")).to_contain_text("gemma-3-270m-q4_k_m")  # read with the key
+        dialog.get_by_role("button", name="Reset to defaults").click()
+        expect(dialog.get_by_label("API key")).to_have_value(API_KEY)
+    finally:
+        context.close()
+    assert session.errors == [] or all("401" in e for e in session.errors), session.errors
 
 
 def test_phone_screen_collapses_the_sidebar(browser: Browser, server: str) -> None:
