@@ -264,12 +264,7 @@ def _write(
         manifest = _with_model(manifest, digests.sha256, plan.model.data_at)
         manifest_bytes = ff.encode_manifest(manifest)
         assert len(manifest_bytes) == plan.manifest.size, "manifest length must not change"
-        for member, data in ((plan.manifest, manifest_bytes), (plan.args, args_bytes)):
-            member.crc = zlib.crc32(data)
-            target.write(member.local_header())
-            target.write(data)
-        target.write(stub_layout.archive)
-        target.write(ff.central_directory(plan))
+        _write_tail(target, plan, stub_layout, manifest_bytes, args_bytes)
         # The model's CRC is known only after the copy: patch its header.
         target.seek(plan.model.header_at)
         target.write(plan.model.local_header())
@@ -296,13 +291,20 @@ def _write_with_model_beside(
     plan = ff.plan_file(stub_layout, None, len(manifest_bytes), len(args_bytes))
     with atomic_output(output) as exe:
         exe.write(stub_layout.data)
-        for member, data in ((plan.manifest, manifest_bytes), (plan.args, args_bytes)):
-            member.crc = zlib.crc32(data)
-            exe.write(member.local_header())
-            exe.write(data)
-        exe.write(stub_layout.archive)
-        exe.write(ff.central_directory(plan))
+        _write_tail(exe, plan, stub_layout, manifest_bytes, args_bytes)
     return BuildResult(output, manifest, copy.source.header, output.stat().st_size, model_beside=beside)
+
+
+def _write_tail(
+    target: BinaryIO, plan: ff.Plan, stub: ff.Stub, manifest_bytes: bytes, args_bytes: bytes
+) -> None:
+    """After the model: manifest.json, .args, the archive copy, the ZIP directory."""
+    for member, data in ((plan.manifest, manifest_bytes), (plan.args, args_bytes)):
+        member.crc = zlib.crc32(data)
+        target.write(member.local_header())
+        target.write(data)
+    target.write(stub.archive)
+    target.write(ff.central_directory(plan))
 
 
 def _encode_args(args: list[str]) -> bytes:
