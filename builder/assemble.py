@@ -144,15 +144,19 @@ def write_file(
     nothing is kept under the output name unless it passed. What an earlier build
     learned about the same unchanged file (its digests, that it loads) is reused,
     except when `expected_sha256` asks for the weights to be checked."""
-    known, record = _known_about(source, trust=expected_sha256 is None)
+    args_bytes = _encode_args(args)
+    stub_layout = _split_stub(stub_data, stub_path)
+    manifest = {**manifest, "runtime": {**manifest["runtime"], "stub_sha256": _sha256(stub_data)}}
+    fingerprint = _fingerprint(source)
+    known, record = _known_about(fingerprint, trust=expected_sha256 is None)
     loads = check_model and llama_cpp_version() not in known.loads_with
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamapack-vocab") as pool:
         vocabulary = pool.submit(check_vocabulary if loads else lambda _: None, source)
-        copy = _ModelCopy(source, known.digests, vocabulary, expected_sha256)
+        copy = _ModelCopy(source, fingerprint, known.digests, vocabulary, expected_sha256)
         if beside is not None:
-            result = _write_with_model_beside(copy, output, manifest, args, stub_data, stub_path, beside)
+            result = _write_with_model_beside(copy, output, manifest, args_bytes, stub_layout, beside)
         else:
-            result = _write(copy, output, manifest, args, stub_data, stub_path)
+            result = _write(copy, output, manifest, args_bytes, stub_layout)
     record(copy.digests, loads_checked=check_model)
     return result
 
@@ -162,13 +166,11 @@ class _ModelCopy:
     """Copies the source's GGUF into an open output and checks what was copied."""
 
     source: Source
+    fingerprint: Fingerprint | None  # the source's, taken before the copy
     known: Digests | None
     vocabulary: Future[None]
     expected_sha256: str | None
     digests: Digests | None = None
-
-    def __post_init__(self) -> None:
-        self.fingerprint = _fingerprint(self.source)
 
     def into(self, target: BinaryIO) -> Digests:
         source = self.source
@@ -218,9 +220,8 @@ def _fingerprint(source: Source) -> Fingerprint | None:
         raise SourceError(f"cannot read {source.label}: {exc.strerror or exc}") from None
 
 
-def _known_about(source: Source, trust: bool) -> tuple[Known, Callable[..., None]]:
-    """What the source cache knows about `source`, and how to record what this build learns."""
-    fingerprint = _fingerprint(source)
+def _known_about(fingerprint: Fingerprint | None, trust: bool) -> tuple[Known, Callable[..., None]]:
+    """What the source cache knows about the file, and how to record what this build learns."""
     if fingerprint is None:
         return Known(), lambda *_, **__: None
     cache = SourceCache(cache_dir())
@@ -235,17 +236,9 @@ def _known_about(source: Source, trust: bool) -> tuple[Known, Callable[..., None
 
 
 def _write(
-    copy: _ModelCopy,
-    output: Path,
-    manifest: dict[str, Any],
-    args: list[str],
-    stub_data: bytes,
-    stub_path: Path,
+    copy: _ModelCopy, output: Path, manifest: dict[str, Any], args_bytes: bytes, stub_layout: ff.Stub
 ) -> BuildResult:
     source = copy.source
-    args_bytes = _encode_args(args)
-    manifest = {**manifest, "runtime": {**manifest["runtime"], "stub_sha256": _sha256(stub_data)}}
-    stub_layout = _split_stub(stub_data, stub_path)
     model_member = ff.place_model(stub_layout, source.file_name, source.size)
     # The manifest holds the model's hash, known only after the copy; a
     # placeholder of the same length fixes every offset before writing starts.
@@ -275,16 +268,12 @@ def _write_with_model_beside(
     copy: _ModelCopy,
     output: Path,
     manifest: dict[str, Any],
-    args: list[str],
-    stub_data: bytes,
-    stub_path: Path,
+    args_bytes: bytes,
+    stub_layout: ff.Stub,
     beside: Path,
 ) -> BuildResult:
-    args_bytes = _encode_args(args)
-    stub_layout = _split_stub(stub_data, stub_path)
     with atomic_output(beside, lambda temp: copy.check(ModelSource(temp)), executable=False) as target:
         digests = copy.into(target)
-    manifest = {**manifest, "runtime": {**manifest["runtime"], "stub_sha256": _sha256(stub_data)}}
     manifest = _with_model(manifest, digests.sha256, 0)
     manifest["model"]["external"] = beside.name
     manifest_bytes = ff.encode_manifest(manifest)

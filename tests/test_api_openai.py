@@ -13,13 +13,6 @@ from .api_support import ALIAS, gemma_app, gemma_backend, wait_ready
 HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
 
 
-@pytest.fixture(scope="module")
-def backend(gemma_gguf):
-    shared = gemma_backend(gemma_gguf)
-    yield shared
-    shared.close()
-
-
 @pytest.fixture
 async def sdk(aiohttp_server, aiohttp_client, backend):
     server = await aiohttp_server(gemma_app(backend))

@@ -11,6 +11,8 @@ from llamapack.runtime.backend import Backend, BackendOptions
 from llamapack.runtime.model import ModelSource
 from llamapack.runtime.server import ServerConfig, create_app
 
+from .api_support import sse_data, wait_ready
+
 CHAT = "/v1/chat/completions"
 HELLO = [{"role": "user", "content": "Write one sentence about the sea."}]
 
@@ -43,20 +45,8 @@ def make_app(backend, **overrides):
 @pytest.fixture
 async def client(aiohttp_client, backend):
     client = await aiohttp_client(make_app(backend))
-    for _ in range(100):
-        if (await client.get("/health")).status == 200:
-            break
-        await asyncio.sleep(0.05)
+    await wait_ready(client)
     return client
-
-
-async def read_sse(response) -> list[str]:
-    events = []
-    async for raw in response.content:
-        line = raw.decode().strip()
-        if line.startswith("data: "):
-            events.append(line[6:])
-    return events
 
 
 async def test_health_is_503_until_the_model_is_loaded(aiohttp_client, backend):
@@ -108,7 +98,7 @@ async def test_streaming_chat_completion(client):
     })  # fmt: skip
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/event-stream")
-    events = await read_sse(response)
+    events = await sse_data(response)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -149,7 +139,7 @@ async def test_four_streams_at_once(client):
         response = await client.post(CHAT, json={
             "messages": HELLO, "max_tokens": 16, "stream": True, "seed": seed, "ignore_eos": True,
         })  # fmt: skip
-        return await read_sse(response)
+        return await sse_data(response)
 
     results = await asyncio.gather(*(one(seed) for seed in range(4)))
     for events in results:
