@@ -3,21 +3,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+# The llama-cpp-python pin lives once, in pyproject.toml; this reads it.
+LLAMA_CPP_PYTHON := $(shell sed -n 's/^ *"\(llama-cpp-python==[^"]*\)".*/\1/p' pyproject.toml)
+LLAMA_CPP_VERSION := $(lastword $(subst ==, ,$(LLAMA_CPP_PYTHON)))
 # A portable llama.cpp with CPU dispatch: never -march=native (a native build
 # crashes in ggml's AMX kernels on some CPUs, and a file you hand to a colleague
 # must run on theirs), but one CPU backend library per instruction set (x64,
-# sse42, haswell, skylakex, icelake, zen4, sapphirerapids, ...); runtime/cpu.py
+# sse42, haswell, skylakex, icelake, zen4, sapphirerapids, ...); runtime/llama/cpu.py
 # loads the best safe one for the CPU it runs on (see bench/CPU.md).
 export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON
 # Compiling llama.cpp takes minutes (about 8 on 2 cores), so the wheel is kept per
 # Python version in a folder whose name says how it was built (pip's own cache
 # does not key wheels by CMAKE_ARGS, so it could hand back a native build).
 PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-WHEELHOUSE ?= $(HOME)/.cache/llamapack/wheels/llama-cpp-python-0.3.36-dispatch-$(PY_TAG)
+WHEELHOUSE ?= $(HOME)/.cache/llamapack/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-dispatch-$(PY_TAG)
 DEMO_FILE := dist/gemma-3-270m-q4_k_m
 
-.PHONY: setup demo build-demo test test-fast lint format docs bench clean
+.PHONY: setup demo build-demo test test-fast lint typecheck format docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,7 +30,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	  echo "Compiling llama-cpp-python once, portable build with CPU dispatch (several minutes)..."; \
 	  $(BIN)/pip wheel --quiet --no-cache-dir --no-deps --wheel-dir $(WHEELHOUSE) $(LLAMA_CPP_PYTHON); \
 	fi
-	# An existing venv already "has" 0.3.36, perhaps another build of it: install this one.
+	# An existing venv may already "have" this version, from another build: install this one.
 	$(BIN)/pip install --quiet --no-index --no-deps --force-reinstall --find-links $(WHEELHOUSE) $(LLAMA_CPP_PYTHON)
 	$(BIN)/pip install --quiet --find-links $(WHEELHOUSE) --editable '.[dev]'
 	touch $@
@@ -42,15 +44,27 @@ demo: build-demo
 test: setup
 	$(BIN)/python -m pytest
 
+# Unit tests only: nothing that loads the real model or builds a real file.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not e2e"
+	$(BIN)/python -m pytest -m "not e2e and not model"
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy builder runtime
+	$(MAKE) --no-print-directory typecheck
 	$(BIN)/cog --check README.md
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+# mypy sees the package as Python does: builder/, runtime/ and templates/ are
+# llamapack.builder, llamapack.runtime and llamapack.templates, through a tree of
+# links under build/ (the editable install's import hook is invisible to static
+# tools). No set-up step, so a scratch copy can be checked with this venv's mypy
+# (tests/test_architecture.py does).
+TYPECHECK_TREE := build/typecheck/llamapack
+typecheck:
+	@mkdir -p $(TYPECHECK_TREE)
+	@for part in builder runtime templates; do ln -sfn ../../../$$part $(TYPECHECK_TREE)/$$part; done
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff format .
@@ -60,7 +74,7 @@ docs: setup
 	$(BIN)/cog -r README.md
 
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf dist build .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Decode speed of llama.cpp's CPU variants in built files; writes bench/CPU.md.
 
-    python bench/cpu_dispatch.py --dispatch DISPATCH_FILE --portable PORTABLE_FILE
+    python -m bench.cpu_dispatch --dispatch DISPATCH_FILE --portable PORTABLE_FILE
 
 DISPATCH_FILE: the Gemma file built with the dispatch engine
 (-DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON); PORTABLE_FILE: the same GGUF built
@@ -9,7 +9,7 @@ configuration runs as a server (`--server -t 2`), one stream of 128 tokens at
 temperature 0 with ignore_eos, after a warm-up; the median of the runs' decode speed
 (llama-server's `timings.predicted_per_second`) is reported. Variants are forced with
 LLAMAPACK_CPU and the extra buffer types (weight repacking) turned off with
-LLAMAPACK_CPU_EXTRA_BUFTS=0 (runtime/cpu.py). Which variant a run used is read from
+LLAMAPACK_CPU_EXTRA_BUFTS=0 (runtime/llama/cpu.py). Which variant a run used is read from
 the server's /proc/PID/maps (the libggml-cpu-*.so it mapped).
 """
 
@@ -20,13 +20,14 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from tests.support.processes import free_port, stop, wait_healthy
 
 THREADS = 2
 TOKENS = 128
@@ -59,12 +60,6 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def loaded_variant(pid: int) -> str:
@@ -101,19 +96,7 @@ def decode_speed(path: Path, env: dict[str, str], repeats: int) -> tuple[float, 
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{path} exited with {process.returncode}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{path} did not become healthy")
-            time.sleep(0.2)
+        wait_healthy(url, process, timeout=120)
         messages = [{"role": "user", "content": PROMPT}]
         body = {"messages": messages, "max_tokens": 8, "temperature": 0, "ignore_eos": True}
         post(url + "/v1/chat/completions", body)  # warm-up
@@ -131,12 +114,7 @@ def decode_speed(path: Path, env: dict[str, str], repeats: int) -> tuple[float, 
                 speeds.append(int(usage["completion_tokens"]) / wall)
         return statistics.median(speeds), loaded_variant(process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=15)
 
 
 def main() -> int:
@@ -195,7 +173,7 @@ def write_report(
         f"{THREADS} threads, server mode (`/v1/chat/completions`, llama-server's `timings`).",
         f"Median over {rounds} interleaved rounds of {repeats} requests each, after a warm-up; "
         f"load average {load[0]:.1f} before, {load[1]:.1f} after.",
-        "Reproduce: `python bench/cpu_dispatch.py --dispatch DISPATCH_FILE --portable PORTABLE_FILE`",
+        "Reproduce: `python -m bench.cpu_dispatch --dispatch DISPATCH_FILE --portable PORTABLE_FILE`",
         "(see the script's docstring for how the two files are built).",
         "",
         "| build / variant | loaded | tok/s | ratio |",

@@ -1,7 +1,7 @@
 """Benchmarks: llamapack against its peers, side by side in one run.
 
-    .venv/bin/python bench/run.py            # everything, writes bench/RESULTS.md
-    .venv/bin/python bench/run.py --quick    # fewer repetitions
+    .venv/bin/python -m bench.run            # everything, writes bench/RESULTS.md
+    .venv/bin/python -m bench.run --quick    # fewer repetitions
 
 Peers, built or found once under bench/work/ (git-ignored):
   * `cp` and `sha256sum` for the build step (a 1 GiB GGUF, page cache warm);
@@ -15,7 +15,7 @@ Peers, built or found once under bench/work/ (git-ignored):
 While the 4 streams decode, /health is polled every 100 ms: its latency shows
 whether the server stays responsive under load.
 
-    .venv/bin/python bench/run.py --decode-only   # decode speeds only, from the venv
+    .venv/bin/python -m bench.run --decode-only   # decode speeds only, from the venv
 """
 
 from __future__ import annotations
@@ -26,32 +26,30 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tarfile
 import time
-import urllib.request
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+
+from tests.support.processes import free_port, serving_pid, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "work"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 THREADS = 2
-LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+# The peer is built from the same llama.cpp as the installed engine (pinned in pyproject.toml).
+LLAMA_CPP_PYTHON = f"llama-cpp-python=={metadata.version('llama-cpp-python')}"
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def timed(command: list[str]) -> float:
@@ -134,7 +132,7 @@ def built_file(source: Path, name: str) -> Path:
 # -------------------------------------------------------------- build speed
 
 
-def bench_build(repeats: int) -> dict[str, float]:
+def bench_build(repeats: int) -> dict[str, Any]:
     """cp, sha256sum, a first build and a rebuild of one 1 GiB GGUF. Every timed
     command writes a new file (the previous output removed untimed, as for cp)
     and starts with no dirty pages pending (sync), so no run pays for another's
@@ -191,35 +189,20 @@ class Server:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def wait_healthy(self, timeout: float = 120) -> float:
-        while time.perf_counter() - self.started < timeout:
-            try:
-                with urllib.request.urlopen(self.url + self.health, timeout=1) as response:
-                    if response.status == 200:
-                        return time.perf_counter() - self.started
-            except OSError:
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}")
-            time.sleep(0.01)
-        raise RuntimeError("server did not become healthy")
+        """Seconds from launch to ready."""
+        wait_healthy(self.url, self.process, timeout, health=self.health)
+        return time.perf_counter() - self.started
 
     def rss_mib(self) -> float:
         """Resident memory of the serving process (PyInstaller's child for llamapack)."""
-        pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pid = int(children[0]) if children else pid
+        pid = serving_pid(self.process)
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return 0.0
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, timeout=15)
 
 
 def start_llamapack(path: Path, parallel: int) -> Server:
@@ -245,7 +228,7 @@ def start_llamapack_module(gguf: Path, parallel: int) -> Server:
 # llama-cpp-python built with CPU dispatch (GGML_BACKEND_DL) loads no CPU backend by
 # itself; register the same variant llamapack uses, then run its server unchanged.
 _LLAMA_CPP_PYTHON_SERVER = (
-    "import sys, runpy; from llamapack.runtime.cpu import cpu_backend; cpu_backend(); "
+    "import sys, runpy; from llamapack.runtime.llama.cpu import cpu_backend; cpu_backend(); "
     "sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__')"
 )
 
@@ -272,10 +255,10 @@ def start_llama_server(binary: Path, gguf: Path, parallel: int) -> Server:
     )  # fmt: skip
 
 
-def bench_launch(start: object, repeats: int) -> float:
+def bench_launch(start: Callable[[], Server], repeats: int) -> float:
     times = []
     for _ in range(repeats):
-        server = start()  # type: ignore[operator]
+        server = start()
         try:
             times.append(server.wait_healthy())
         finally:
@@ -454,7 +437,7 @@ def write_results(results: dict[str, object]) -> None:
 
 Measured with `make bench` ({results["date"]}). Peers run in the same session on the same
 GGUF (Gemma 3 270M Q4_K_M), with the same threads, context (8192) and llama.cpp version
-(the one vendored in llama-cpp-python 0.3.36, built with `-DGGML_NATIVE=OFF` for both).
+(the one vendored in {LLAMA_CPP_PYTHON.replace("==", " ")}, built with `-DGGML_NATIVE=OFF` for both).
 Medians of {results["repeats"]} runs for build and launch times. Decode: streams of
 {results["tokens"]} tokens with `ignore_eos`, tokens per second of wall time; all three
 servers stay loaded and take turns, {results["repeats"]} rounds each, medians shown.

@@ -11,16 +11,22 @@ import contextlib
 import hashlib
 import time
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from llamapack.runtime import __version__
 from llamapack.runtime import fileformat as ff
-from llamapack.runtime.fileformat import ModelSource
+from llamapack.runtime.fileformat import (
+    ChatTemplateChoice,
+    Defaults,
+    EngineRecord,
+    Manifest,
+    ModelRecord,
+    ModelSource,
+)
 
 from .atomic import atomic_output
 from .chat_template import choose_chat_template
@@ -51,7 +57,7 @@ class BuildOptions:
 @dataclass(frozen=True)
 class BuildResult:
     output: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     header: GGUFHeader
     size: int
     model_beside: Path | None = None  # the GGUF written next to a Windows .exe
@@ -126,7 +132,7 @@ def model_beside(output: Path, target: str, stub_size: int, model_size: int) -> 
 def write_file(
     source: Source,
     output: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     args: list[str],
     stub_data: bytes,
     stub_path: Path,
@@ -134,10 +140,11 @@ def write_file(
     beside: Path | None = None,
     check_model: bool = True,
 ) -> BuildResult:
-    """Lay out stub, model, manifest and `.args`; the model's sha256 and offset are
-    filled into the manifest here. With `expected_sha256`, a copy whose hash
-    differs is discarded instead of kept. With `beside`, the model is written
-    to that path and the executable holds only the manifest and `.args`.
+    """Lay out stub, model, manifest and `.args`; the stub's hash and the model's
+    sha256 and offset (and file beside, with `beside`) are filled into the manifest
+    here. With `expected_sha256`, a copy whose hash differs is discarded instead of
+    kept. With `beside`, the model is written to that path and the executable holds
+    only the manifest and `.args`.
 
     llama.cpp's vocabulary check of the source runs alongside the copy (it takes
     about as long as copying a GiB); the copy stops as soon as it fails, and
@@ -146,7 +153,7 @@ def write_file(
     except when `expected_sha256` asks for the weights to be checked."""
     args_bytes = _encode_args(args)
     stub_layout = _split_stub(stub_data, stub_path)
-    manifest = {**manifest, "runtime": {**manifest["runtime"], "stub_sha256": _sha256(stub_data)}}
+    manifest = replace(manifest, engine=replace(manifest.engine, stub_sha256=_sha256(stub_data)))
     fingerprint = _fingerprint(source)
     known, record = _known_about(fingerprint, trust=expected_sha256 is None)
     loads = check_model and llama_cpp_version() not in known.loads_with
@@ -236,64 +243,43 @@ def _known_about(fingerprint: Fingerprint | None, trust: bool) -> tuple[Known, C
 
 
 def _write(
-    copy: _ModelCopy, output: Path, manifest: dict[str, Any], args_bytes: bytes, stub_layout: ff.Stub
+    copy: _ModelCopy, output: Path, manifest: Manifest, args_bytes: bytes, stub_layout: ff.Stub
 ) -> BuildResult:
     source = copy.source
     model_member = ff.place_model(stub_layout, source.file_name, source.size)
     # The manifest holds the model's hash, known only after the copy; a
     # placeholder of the same length fixes every offset before writing starts.
-    placeholder = _with_model(manifest, _PLACEHOLDER_SHA256, model_member.data_at)
-    plan = ff.plan_file(stub_layout, model_member, len(ff.encode_manifest(placeholder)), len(args_bytes))
+    placeholder = manifest.with_model_placed(_PLACEHOLDER_SHA256, model_member.data_at)
+    plan = ff.plan_file(stub_layout, model_member, len(placeholder.encode()), len(args_bytes))
 
     def check_copy(temp: Path) -> None:
-        copy.check(ModelSource(temp, plan.model.data_at))
+        copy.check(ModelSource(temp, model_member.data_at))
 
     with atomic_output(output, check_copy) as target:
-        target.write(stub_layout.data)
-        target.write(bytes(plan.model.header_at - len(stub_layout.data)))
-        target.write(plan.model.local_header())
+        plan.write_head(target)
         digests = copy.into(target)
-        plan.model.crc = digests.crc32
-        manifest = _with_model(manifest, digests.sha256, plan.model.data_at)
-        manifest_bytes = ff.encode_manifest(manifest)
-        assert len(manifest_bytes) == plan.manifest.size, "manifest length must not change"
-        _write_tail(target, plan, stub_layout, manifest_bytes, args_bytes)
-        # The model's CRC is known only after the copy: patch its header.
-        target.seek(plan.model.header_at)
-        target.write(plan.model.local_header())
+        manifest = manifest.with_model_placed(digests.sha256, model_member.data_at)
+        plan.write_tail(target, manifest.encode(), args_bytes, model_crc=digests.crc32)
     return BuildResult(output, manifest, source.header, output.stat().st_size)
 
 
 def _write_with_model_beside(
     copy: _ModelCopy,
     output: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     args_bytes: bytes,
     stub_layout: ff.Stub,
     beside: Path,
 ) -> BuildResult:
     with atomic_output(beside, lambda temp: copy.check(ModelSource(temp)), executable=False) as target:
         digests = copy.into(target)
-    manifest = _with_model(manifest, digests.sha256, 0)
-    manifest["model"]["external"] = beside.name
-    manifest_bytes = ff.encode_manifest(manifest)
+    manifest = manifest.with_model_placed(digests.sha256, 0, external=beside.name)
+    manifest_bytes = manifest.encode()
     plan = ff.plan_file(stub_layout, None, len(manifest_bytes), len(args_bytes))
     with atomic_output(output) as exe:
-        exe.write(stub_layout.data)
-        _write_tail(exe, plan, stub_layout, manifest_bytes, args_bytes)
+        plan.write_head(exe)
+        plan.write_tail(exe, manifest_bytes, args_bytes)
     return BuildResult(output, manifest, copy.source.header, output.stat().st_size, model_beside=beside)
-
-
-def _write_tail(
-    target: BinaryIO, plan: ff.Plan, stub: ff.Stub, manifest_bytes: bytes, args_bytes: bytes
-) -> None:
-    """After the model: manifest.json, .args, the archive copy, the ZIP directory."""
-    for member, data in ((plan.manifest, manifest_bytes), (plan.args, args_bytes)):
-        member.crc = zlib.crc32(data)
-        target.write(member.local_header())
-        target.write(data)
-    target.write(stub.archive)
-    target.write(ff.central_directory(plan))
 
 
 def _encode_args(args: list[str]) -> bytes:
@@ -303,22 +289,21 @@ def _encode_args(args: list[str]) -> bytes:
         raise UsageError(f"{exc}: .args holds one argument per line") from None
 
 
-def engine_info(target: str | None = None) -> dict[str, Any]:
+def engine_info(target: str | None = None) -> EngineRecord:
     """The engine this llamapack puts into files (the stub's hash is added when writing).
 
-    "llama_cpp" (ggml's version and the llama.cpp commit) is read from the libraries
-    installed here, which are the ones a stub built here carries; a file for another
-    system gets a stub built elsewhere, so it records none rather than a guess."""
-    info: dict[str, Any] = {
-        "llamapack": __version__,
-        "llama_cpp_python": llama_cpp_version(),
-        "target": target or target_name(),
-    }
-    if info["target"] == target_name():
-        from llamapack.runtime.backends import llama_cpp_build
+    The llama.cpp build (ggml's version and the llama.cpp commit) is read from the
+    libraries installed here, which are the ones a stub built here carries; a file for
+    another system gets a stub built elsewhere, so it records none rather than a guess."""
+    target = target or target_name()
+    llama_cpp = None
+    if target == target_name():
+        from llamapack.runtime.llama.devices import llama_cpp_build
 
-        info["llama_cpp"] = llama_cpp_build().as_dict()
-    return info
+        llama_cpp = llama_cpp_build()
+    return EngineRecord(
+        llamapack=__version__, llama_cpp_python=llama_cpp_version(), target=target, llama_cpp=llama_cpp
+    )
 
 
 def _sha256(data: bytes) -> str:
@@ -352,36 +337,32 @@ def read_stub(path: Path) -> bytes:
 def _manifest(
     name: str,
     source: Source,
-    chat_template: dict[str, Any],
+    chat_template: ChatTemplateChoice,
     options: BuildOptions,
-) -> dict[str, Any]:
+) -> Manifest:
     """Everything but the model's sha256 and offset, which the copy fills in."""
     header = source.header
-    defaults = {
-        "ctx_size": options.ctx_size,
-        "temperature": options.temperature,
-        "system_prompt": options.system_prompt,
-        "args": options.extra_args,
-    }
-    return {
-        "format": ff.FORMAT_VERSION,
-        "name": name,
-        "runtime": engine_info(options.target),
-        "source": source.provenance,
-        "model": {
-            "file": source.file_name,
-            "size": source.size,
-            "name": header.metadata.get("general.name"),
-            "architecture": header.architecture,
-            "parameters": header.parameter_count,
-            "quantization": header.quantization,
-            "context_length": header.context_length,
-        },
-        "chat_template": chat_template,
-        "defaults": {k: v for k, v in defaults.items() if v not in (None, [])},
-    }
-
-
-def _with_model(manifest: dict[str, Any], sha256: str, offset: int) -> dict[str, Any]:
-    model = {**manifest["model"], "sha256": sha256, "offset": offset}
-    return {**manifest, "model": model}
+    general_name = header.metadata.get("general.name")
+    return Manifest(
+        name=name,
+        engine=engine_info(options.target),
+        source=source.provenance,
+        model=ModelRecord(
+            file=source.file_name,
+            size=source.size,
+            sha256=_PLACEHOLDER_SHA256,
+            offset=0,
+            name=None if general_name is None else str(general_name),
+            architecture=header.architecture,
+            parameters=header.parameter_count,
+            quantization=header.quantization,
+            context_length=header.context_length,
+        ),
+        chat_template=chat_template,
+        defaults=Defaults(
+            ctx_size=options.ctx_size,
+            temperature=options.temperature,
+            system_prompt=options.system_prompt,
+            args=tuple(options.extra_args),
+        ),
+    )

@@ -34,7 +34,7 @@ def atomic_output(
         with os.fdopen(fd, "wb", buffering=0) as file:
             # No fsync: like cp, the data reaches the disk in the background; the
             # rename still guarantees a reader never sees a half-written file.
-            yield file  # type: ignore[misc]
+            yield file
         if check is not None:
             check(temp)
         os.chmod(temp, (0o777 if executable else 0o666) & ~_umask())

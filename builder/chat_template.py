@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from llamapack.runtime.fileformat import ChatTemplateChoice
 
 from .errors import UsageError
 from .gguf_header import GGUFHeader
@@ -26,21 +26,22 @@ ARCHITECTURE_TEMPLATES = {
 FALLBACK_TEMPLATE = "chatml"
 
 
-def choose_chat_template(header: GGUFHeader, override: str | None) -> dict[str, Any]:
+def choose_chat_template(header: GGUFHeader, override: str | None) -> ChatTemplateChoice:
     """The manifest's `chat_template` entry: where the template comes from and its name."""
     if override:
-        from llamapack.runtime.chat import builtin_template_names  # loads llama.cpp: only when needed
+        # Loads llama.cpp: only when a template is named.
+        from llamapack.runtime.llama.chat_template import builtin_template_names
 
         names = builtin_template_names()
         if override not in names:
             raise UsageError(f"unknown chat template {override!r}; llama.cpp knows: {', '.join(names)}")
-        return {"source": "builtin", "name": override, "reason": "chosen with --chat-template"}
+        return ChatTemplateChoice("builtin", override, "chosen with --chat-template")
     if header.chat_template:
-        return {"source": "gguf", "name": "gguf", "reason": "the GGUF's own template"}
+        return ChatTemplateChoice("gguf", "gguf", "the GGUF's own template")
     arch = header.architecture
     name = ARCHITECTURE_TEMPLATES.get(arch)
     if name:
         reason = f"the GGUF has no template; llama.cpp's built-in one for {arch}"
-        return {"source": "builtin", "name": name, "reason": reason}
+        return ChatTemplateChoice("builtin", name, reason)
     reason = f"the GGUF has no template and {arch} has no known one; using {FALLBACK_TEMPLATE}"
-    return {"source": "builtin", "name": FALLBACK_TEMPLATE, "reason": reason}
+    return ChatTemplateChoice("builtin", FALLBACK_TEMPLATE, reason)

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from llamapack.runtime import __version__
+from llamapack.runtime.fileformat import FORMAT_VERSION, HubProvenance, Manifest, Provenance, ZipProvenance
 
 from . import progress
 from .errors import LlamapackError, UsageError
@@ -172,20 +174,20 @@ def build(
         _echo(f"  warning:       {result.output.parent} is mounted noexec: copy the file elsewhere to run it")
 
 
-def describe(manifest: dict[str, Any], header: Any = None) -> str:
+def describe(manifest: Manifest, header: Any = None) -> str:
     """The human summary shared by `build` and `inspect`."""
     from .memory import estimate_memory
 
-    model = manifest["model"]
-    template = manifest["chat_template"]
+    model = manifest.model
+    template = manifest.chat_template
     lines = [
-        f"  model:         {model['name'] or model['file']}: {model['architecture']}, "
-        f"{_count(model['parameters'])} parameters, {model['quantization']}, "
-        f"trained context {model['context_length']}",
-        f"  chat template: {template['name']} ({template['reason']})",
+        f"  model:         {model.name or model.file}: {model.architecture}, "
+        f"{_count(model.parameters)} parameters, {model.quantization}, "
+        f"trained context {model.context_length}",
+        f"  chat template: {template.name} ({template.reason or 'no reason recorded'})",
     ]
     if header is not None:
-        estimate = estimate_memory(header, manifest.get("defaults", {}).get("ctx_size"))
+        estimate = estimate_memory(header, manifest.defaults.ctx_size if manifest.defaults else None)
         lines.append(
             f"  memory:        about {_size(estimate.total)} to run at context {estimate.context} "
             f"({_size(estimate.weights)} weights, {_size(estimate.kv_cache)} KV cache)"
@@ -203,32 +205,29 @@ def inspect(file: Path, as_json: bool) -> None:
     \b
     Examples:
       llamapack inspect dist/model
-      llamapack inspect dist/model --json | jq .model.sha256
+      llamapack inspect dist/model --json | jq .manifest.model.sha256
     """
     from .provenance import inspect_file
 
     report = inspect_file(file)
     if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
         return
-    manifest = report["manifest"]
-    layout = report["layout"]
-    engine = report["engine"]
-    source = manifest.get("source") or {}
-    click.echo(f"{file}: llamapack file format {manifest['format']}, {_size(layout['file_size'])}")
+    layout = report.layout
+    manifest = layout.manifest
+    engine = manifest.engine
+    click.echo(f"{file}: llamapack file format {FORMAT_VERSION}, {_size(layout.file_size)}")
     click.echo(describe(manifest))
-    click.echo(f"  weights:       {manifest['model']['file']}, {_size(layout['model_size'])} at "
-               f"offset {layout['model_offset']} (sha256 {manifest['model']['sha256']})")  # fmt: skip
-    if source:
-        click.echo(f"  source:        {_source_text(source)}")
-    from llamapack.runtime.backends import LlamaCppBuild
-
-    llama_cpp = LlamaCppBuild.from_record(engine.get("llama_cpp"))  # absent in older files
+    click.echo(f"  weights:       {manifest.model.file}, {_size(layout.model_size)} at "
+               f"offset {layout.model_offset} (sha256 {manifest.model.sha256})")  # fmt: skip
+    if manifest.source is not None:
+        click.echo(f"  source:        {_source_text(manifest.source)}")
+    llama_cpp = engine.llama_cpp  # absent in older files
     llama_cpp_text = f", {llama_cpp.summary()}" if llama_cpp else ""
-    click.echo(f"  engine:        llamapack {engine['llamapack']}, llama-cpp-python "
-               f"{engine['llama_cpp_python']}{llama_cpp_text}, {engine['target']}")  # fmt: skip
-    click.echo(f"  defaults:      {' '.join(layout['args'])}")
-    click.echo(f"  upgrade:       {report['upgrade']}")
+    click.echo(f"  engine:        llamapack {engine.llamapack}, llama-cpp-python "
+               f"{engine.llama_cpp_python}{llama_cpp_text}, {engine.target}")  # fmt: skip
+    click.echo(f"  defaults:      {' '.join(layout.args)}")
+    click.echo(f"  upgrade:       {report.upgrade}")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -295,28 +294,27 @@ def upgrade(file: Path, output: Path | None, runtime: Path | None) -> None:
       llamapack upgrade old-model -o new-model
     """
     from .provenance import open_layout
-    from .stub import target_name
     from .targets import stub_for
     from .upgrade import upgrade as upgrade_file
 
     started = time.perf_counter()
-    before = open_layout(file).manifest.get("runtime", {})
-    stub = stub_for(before.get("target") or target_name(), runtime)
+    before = open_layout(file).manifest.engine
+    stub = stub_for(before.target, runtime)
     result = upgrade_file(file, output, stub)
-    after = result.manifest["runtime"]
+    after = result.manifest.engine
     _echo(
         f"Upgraded {result.output} in {time.perf_counter() - started:.1f} s: "
-        f"llamapack {before.get('llamapack')} -> {after['llamapack']}, "
-        f"llama-cpp-python {before.get('llama_cpp_python')} -> {after['llama_cpp_python']}"
+        f"llamapack {before.llamapack} -> {after.llamapack}, "
+        f"llama-cpp-python {before.llama_cpp_python} -> {after.llama_cpp_python}"
     )
 
 
-def _source_text(source: dict[str, Any]) -> str:
-    if source.get("type") == "huggingface":
-        return f"hf://{source['repo']}/{source['file']}@{source.get('commit') or source['revision']}"
-    if source.get("type") == "zip":
-        return f"{source['archive']} (member {source['member']})"
-    return str(source.get("file", "local file"))
+def _source_text(source: Provenance) -> str:
+    if isinstance(source, HubProvenance):
+        return f"hf://{source.repo}/{source.file}@{source.commit or source.revision}"
+    if isinstance(source, ZipProvenance):
+        return f"{source.archive} (member {source.member})"
+    return source.file
 
 
 @cli.group(context_settings=CONTEXT_SETTINGS)

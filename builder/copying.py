@@ -27,8 +27,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from llamapack.runtime.fileformat import ModelSource
 from zlib_ng import zlib_ng  # CRC-32 with PCLMUL: 5x faster than zlib's here
+
+from llamapack.runtime.fileformat import ModelSource
 
 from .progress import Progress
 

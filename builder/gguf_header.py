@@ -16,9 +16,10 @@ from typing import IO, Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
+from llamapack.runtime.fileformat import GGUF_MAGIC
+
 from .errors import SourceError
 
-GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llamapack.runtime import defaults
+
 from .gguf_header import GGUFHeader
 
-# The runtime's default context when neither the build nor the user sets one.
-DEFAULT_CONTEXT = 8192
 # llama.cpp's compute buffers and the runtime itself; measured around 200-300 MiB
 # for small models on CPU.
 OVERHEAD = 300 * 1024**2
@@ -25,8 +25,8 @@ class MemoryEstimate:
 
 
 def estimate_memory(header: GGUFHeader, context: int | None = None) -> MemoryEstimate:
-    trained = header.context_length or DEFAULT_CONTEXT
-    context = context or min(trained, DEFAULT_CONTEXT)
+    trained = header.context_length or defaults.CONTEXT
+    context = context or min(trained, defaults.CONTEXT)
     meta = header.metadata
     arch = header.architecture
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,34 +30,47 @@ def open_layout(file: Path) -> ff.Layout:
         raise BuiltFileError(str(exc)) from None
 
 
-def inspect_file(file: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Inspection:
+    """What `inspect` shows: the file's layout (with its manifest) and upgrade advice."""
+
+    file: Path
+    layout: ff.Layout
+    upgrade: str
+
+    def to_json(self) -> dict[str, Any]:
+        layout = self.layout
+        return {
+            "file": str(self.file),
+            "manifest": layout.manifest.to_json(),
+            "engine": layout.manifest.engine.to_json(),
+            "layout": {
+                "model_beside": str(layout.model_path) if layout.external else None,
+                "file_size": layout.file_size,
+                "model_offset": layout.model_offset,
+                "model_size": layout.model_size,
+                "stub_size": layout.file_size - (0 if layout.external else layout.model_size),
+                "args": layout.args,
+            },
+            "upgrade": self.upgrade,
+        }
+
+
+def inspect_file(file: Path) -> Inspection:
     layout = open_layout(file)
-    manifest = layout.manifest
-    engine = manifest.get("runtime", {})
-    return {
-        "file": str(file),
-        "manifest": manifest,
-        "engine": engine,
-        "layout": {
-            "model_beside": str(layout.model_path) if layout.external else None,
-            "file_size": layout.file_size,
-            "model_offset": layout.model_offset,
-            "model_size": layout.model_size,
-            "stub_size": layout.file_size - (0 if layout.external else layout.model_size),
-            "args": layout.args,
-        },
-        "upgrade": upgrade_advice(engine, file),
-    }
+    return Inspection(file, layout, upgrade_advice(layout.manifest.engine, file))
 
 
-def upgrade_advice(engine: dict[str, Any], file: Path) -> str:
-    installed = {"llamapack": __version__, "llama_cpp_python": llama_cpp_version()}
-    if engine.get("target") not in (None, target_name()):
-        return f"built for {engine.get('target')}; this llamapack builds for {target_name()}"
+def upgrade_advice(engine: ff.EngineRecord, file: Path) -> str:
+    if engine.target != target_name():
+        return f"built for {engine.target}; this llamapack builds for {target_name()}"
     newer = [
-        f"{name.replace('_', '-')} {installed[name]} (file has {engine.get(name)})"
-        for name in installed
-        if _version_key(installed[name]) > _version_key(str(engine.get(name, "0")))
+        f"{name} {mine} (file has {theirs})"
+        for name, mine, theirs in (
+            ("llamapack", __version__, engine.llamapack),
+            ("llama-cpp-python", llama_cpp_version(), engine.llama_cpp_python),
+        )
+        if _version_key(mine) > _version_key(theirs)
     ]
     if newer:
         return f"this llamapack carries a newer engine: {', '.join(newer)}; run `llamapack upgrade {file}`"
@@ -90,7 +104,7 @@ def hash_model(file: Path, layout: ff.Layout) -> str:
 
 def verify_file(file: Path) -> str:
     layout = open_layout(file)
-    expected = layout.manifest["model"]["sha256"]
+    expected = layout.manifest.model.sha256
     actual = hash_model(file, layout)
     if actual != expected:
         raise VerifyError(
@@ -110,7 +124,7 @@ def unpack_file(file: Path, output: Path | None, force: bool) -> Path:
             raise OutputError(f"the output {output} is the built file itself; choose another -o")
         if not force:
             raise OutputError(f"{output} exists; pass --force to replace it")
-    expected = layout.manifest["model"]["sha256"]
+    expected = layout.manifest.model.sha256
 
     def check(_: Path) -> None:
         if digests.sha256 != expected:

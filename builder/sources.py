@@ -14,11 +14,18 @@ import os
 import re
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from llamapack.runtime.fileformat import ModelSource
+from llamapack.runtime.fileformat import (
+    HubProvenance,
+    LocalProvenance,
+    ModelSource,
+    Provenance,
+    ZipProvenance,
+    member_data_offset,
+)
 
 from .errors import SourceError, UsageError
 from .gguf_header import GGUFHeader, read_header, read_header_from_stream
@@ -35,7 +42,7 @@ class Source:
     header: GGUFHeader
     open: Callable[[], IO[bytes]]
     in_place: ModelSource | None  # where llama.cpp can read it without a copy
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance | None = None
 
 
 def resolve(spec: str, member: str | None = None, quant: str | None = None) -> Source:
@@ -52,10 +59,10 @@ def resolve(spec: str, member: str | None = None, quant: str | None = None) -> S
         return _from_zip(path, member)
     if member:
         raise UsageError("--member chooses a file inside a .zip source")
-    return _from_file(path, {"type": "local", "file": path.name})
+    return _from_file(path, LocalProvenance(file=path.name))
 
 
-def _from_file(path: Path, provenance: dict[str, Any]) -> Source:
+def _from_file(path: Path, provenance: Provenance) -> Source:
     _refuse_split(path.name, None)
     header = read_header(path)
     _refuse_split(path.name, header)
@@ -118,7 +125,7 @@ def _from_zip(path: Path, member: str | None) -> Source:
         header=header,
         open=open_member,
         in_place=in_place,
-        provenance={"type": "zip", "archive": path.name, "member": info.filename},
+        provenance=ZipProvenance(archive=path.name, member=info.filename),
     )
 
 
@@ -159,13 +166,11 @@ def _choose_member(path: Path, ggufs: list[zipfile.ZipInfo], member: str | None)
 
 
 def _stored_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
-    with path.open("rb") as raw:
-        raw.seek(info.header_offset + 26)
-        name_len, extra_len = (
-            int.from_bytes(raw.read(2), "little"),
-            int.from_bytes(raw.read(2), "little"),
-        )
-    return info.header_offset + 30 + name_len + extra_len
+    try:
+        with path.open("rb") as raw:
+            return member_data_offset(raw, info.header_offset)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot read {path}:{info.filename}: {exc}") from None
 
 
 # ------------------------------------------------------------------ Hub
@@ -226,8 +231,7 @@ def _from_hub(spec: str, quant: str | None) -> Source:
     except OSError as exc:
         raise SourceError(f"downloading {repo_id}/{filename} failed: {exc}") from None
     commit = _commit_of(local)
-    provenance = {"type": "huggingface", "repo": repo_id, "file": filename,
-                  "revision": revision or "main", "commit": commit}  # fmt: skip
+    provenance = HubProvenance(repo=repo_id, file=filename, revision=revision or "main", commit=commit)
     source = _from_file(local, provenance)
     source.label = f"hf://{repo_id}/{filename}"
     source.file_name = Path(filename).name
@@ -284,7 +288,7 @@ def check_vocabulary(source: Source) -> None:
 
 
 def check_vocabulary_at(where: ModelSource, label: str) -> None:
-    from llamapack.runtime.model import Model, ModelLoadError, init_backend
+    from llamapack.runtime.llama.model import Model, ModelLoadError, init_backend
 
     init_backend()
     try:

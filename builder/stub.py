@@ -20,6 +20,7 @@ from importlib import metadata, resources
 from pathlib import Path
 
 import platformdirs
+
 from llamapack.runtime import __version__
 
 from .errors import RuntimeStubError
@@ -28,7 +29,7 @@ STUB_NAME = "llamapack-runtime"
 # Shared libraries llama_cpp loads by path (libllama.so, libggml.so) and the
 # sonames those need; PyInstaller has no hook for llama_cpp. The CPU backend is
 # either linked in (libggml-cpu.so.0) or, with GGML_BACKEND_DL, one library per
-# CPU variant that runtime/cpu.py registers: _library_args collects whichever exists.
+# CPU variant that runtime/llama/cpu.py registers: _library_args collects whichever exists.
 _LINUX_LIBS = ("libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0")
 _LINUX_CPU_LIB = "libggml-cpu.so.0"
 # Modules PyInstaller would otherwise pull in through optional imports.
@@ -173,10 +174,11 @@ def _stage_llama_cpp(target: Path) -> None:
 
 def _library_args() -> list[str]:
     """--add-binary for llama.cpp's libraries, all into llama_cpp/lib of the stub, where
-    llama_cpp loads them and runtime/cpu.py looks first for the CPU variants
+    llama_cpp loads them and runtime/llama/cpu.py looks first for the CPU variants
     (llama-cpp-python installs those into site-packages/bin)."""
     import llama_cpp
-    from llamapack.runtime.cpu import discover, search_directories
+
+    from llamapack.runtime.llama.cpu import discover, search_directories
 
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     variants = list(discover(search_directories()).values())

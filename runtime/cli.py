@@ -16,10 +16,20 @@ import socket
 import sys
 import webbrowser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from . import __version__
-from .fileformat import FormatError, Layout, classify, merge_args, read_layout
+from llamapack.runtime import __version__, defaults
+from llamapack.runtime.fileformat import (
+    ChatTemplateChoice,
+    FormatError,
+    Layout,
+    classify,
+    merge_args,
+    read_layout,
+)
+
+if TYPE_CHECKING:  # loaded only when a model is: --help and --version stay fast
+    from llamapack.runtime.backend import Backend, BackendOptions
 
 PROG = Path(sys.argv[0]).name if getattr(sys, "frozen", False) else "llamapack-runtime"
 
@@ -87,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("-m", "--model", metavar="GGUF", help="use this GGUF instead of the embedded one")
     model.add_argument(
         "-c", "--ctx-size", type=int, default=0, metavar="N",
-        help="context size in tokens (default: the model's, at most 8192)",
+        help=f"context size in tokens (default: the model's, at most {defaults.CONTEXT})",
     )  # fmt: skip
     model.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: cores)")
     model.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, metavar="N",
@@ -100,11 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
                           help="tokens to generate (-p), or the most one request may generate "
                           "(server); -1 for no limit (default: -1)")  # fmt: skip
-    sampling.add_argument("--temp", type=float, default=0.8, metavar="T")
-    sampling.add_argument("--top-k", type=int, default=40, metavar="K")
-    sampling.add_argument("--top-p", type=float, default=0.95, metavar="P")
-    sampling.add_argument("--min-p", type=float, default=0.05, metavar="P")
-    sampling.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R")
+    sampling.add_argument("--temp", type=float, default=defaults.TEMPERATURE, metavar="T")
+    sampling.add_argument("--top-k", type=int, default=defaults.TOP_K, metavar="K")
+    sampling.add_argument("--top-p", type=float, default=defaults.TOP_P, metavar="P")
+    sampling.add_argument("--min-p", type=float, default=defaults.MIN_P, metavar="P")
+    sampling.add_argument("--repeat-penalty", type=float, default=defaults.REPEAT_PENALTY, metavar="R")
     sampling.add_argument("-s", "--seed", type=int, default=-1, metavar="N")
     return parser
 
@@ -122,15 +132,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(user_args: list[str]) -> int:
     layout = _own_layout()
-    defaults = layout.args if layout else []
-    args = build_parser().parse_args(merge_args(defaults, user_args))
+    built_in = layout.args if layout else []
+    args = build_parser().parse_args(merge_args(built_in, user_args))
     if args.version:
         print(version_text(layout))
         return 0
     if args.info:
         if layout is None:
             raise CliError("--info needs a built file; this runtime has no model inside")
-        print(json.dumps(layout.manifest, indent=2, sort_keys=True))
+        print(json.dumps(layout.manifest.to_json(), indent=2, sort_keys=True))
         return 0
     _check_ranges(args)
     options = _backend_options(args, layout)
@@ -165,21 +175,18 @@ def version_text(layout: Layout | None) -> str:
     only in a file whose stub was swapped by hand)."""
     import llama_cpp
 
-    from .backends import LlamaCppBuild, llama_cpp_build
+    from llamapack.runtime.llama.devices import llama_cpp_build
 
     lines = [
         f"llamapack {__version__} (llama-cpp-python {llama_cpp.__version__})",
         llama_cpp_build().summary(),
     ]
     if layout is not None:
-        built = layout.manifest.get("runtime", {})
-        record = f"file built by llamapack {built.get('llamapack', '?')}"
-        record += f", llama-cpp-python {built.get('llama_cpp_python', '?')}"
-        recorded_build = LlamaCppBuild.from_record(built.get("llama_cpp"))
-        if recorded_build is not None:
-            record += f", {recorded_build.summary()}"
-        if built.get("target"):
-            record += f", for {built['target']}"
+        built = layout.manifest.engine
+        record = f"file built by llamapack {built.llamapack}, llama-cpp-python {built.llama_cpp_python}"
+        if built.llama_cpp is not None:  # absent in files built before it was recorded
+            record += f", {built.llama_cpp.summary()}"
+        record += f", for {built.target}"
         lines.append(record)
     return "\n".join(lines)
 
@@ -199,22 +206,22 @@ def _check_ranges(args: argparse.Namespace) -> None:
         raise CliError("--max-body must be at least 1")
 
 
-def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Any:
-    from .backend import BackendOptions
-    from .model import ModelSource
+def _backend_options(args: argparse.Namespace, layout: Layout | None) -> BackendOptions:
+    from llamapack.runtime.backend import BackendOptions
+    from llamapack.runtime.llama.model import ModelSource
 
     if args.model:
         source = ModelSource(Path(args.model))
         if not source.path.is_file():
             raise CliError(f"no such model file: {args.model}")
-        template: dict[str, Any] = {"source": "builtin", "name": "chatml"}
+        template = ChatTemplateChoice("builtin", "chatml")
     elif layout is not None:
         source = ModelSource(layout.model_path, layout.model_offset)
-        template = layout.manifest.get("chat_template", {"source": "gguf"})
+        template = layout.manifest.chat_template
     else:
         raise CliError("no model: pass -m FILE.gguf (this runtime has none inside)")
     if args.chat_template:
-        template = {"source": "builtin", "name": args.chat_template}
+        template = ChatTemplateChoice("builtin", args.chat_template)
     return BackendOptions(
         source=source,
         chat_template=template,
@@ -243,10 +250,10 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def _load(options: Any) -> Any:
-    from .backend import Backend
-    from .chat import ChatTemplateError
-    from .model import ModelLoadError
+def _load(options: BackendOptions) -> Backend:
+    from llamapack.runtime.backend import Backend
+    from llamapack.runtime.llama.chat_template import ChatTemplateError
+    from llamapack.runtime.llama.model import ModelLoadError
 
     try:
         return Backend(options)
@@ -254,9 +261,10 @@ def _load(options: Any) -> Any:
         raise CliError(str(exc)) from None
 
 
-def _complete(args: argparse.Namespace, options: Any) -> int:
-    from .engine import RequestError, SamplingParams
-    from .params import Generation
+def _complete(args: argparse.Namespace, options: BackendOptions) -> int:
+    from llamapack.runtime.engine.events import RequestError
+    from llamapack.runtime.engine.sampling import SamplingParams
+    from llamapack.runtime.server.requests import Generation
 
     backend = _load(options)
     announce_engine(backend)
@@ -291,12 +299,12 @@ def _complete(args: argparse.Namespace, options: Any) -> int:
         backend.close()
 
 
-def _serve(args: argparse.Namespace, options: Any, layout: Layout | None) -> int:
+def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | None) -> int:
     from aiohttp import web
 
-    from .backend import Backend
-    from .guard import is_loopback
-    from .server import ServerConfig, create_app
+    from llamapack.runtime.backend import Backend
+    from llamapack.runtime.server.app import ServerConfig, create_app
+    from llamapack.runtime.server.guard import is_loopback
 
     sock = _bind(args.host, args.port)
     if not args.api_key and not is_loopback(args.host):
@@ -324,7 +332,7 @@ def _serve(args: argparse.Namespace, options: Any, layout: Layout | None) -> int
     config = ServerConfig(
         load_backend=lambda: announce_engine(Backend(options)),
         model_alias=name,
-        manifest=layout.manifest if layout else {},
+        manifest=layout.manifest if layout else None,
         on_ready=on_ready,
         on_load_error=on_load_error,
         api_key=args.api_key,
@@ -342,8 +350,8 @@ def _serve(args: argparse.Namespace, options: Any, layout: Layout | None) -> int
     return 0
 
 
-def announce_engine(backend: Any) -> Any:
-    """Say once, at launch, what runs the model (runtime/backends.py), and aloud
+def announce_engine(backend: Backend) -> Backend:
+    """Say once, at launch, what runs the model (runtime/llama/devices.py), and aloud
     when it is not what was asked for (-ngl without a GPU)."""
     report = backend.engine_report
     print(f"{PROG}: engine: {report.line()}", file=sys.stderr, flush=True)
@@ -352,9 +360,9 @@ def announce_engine(backend: Any) -> Any:
     return backend
 
 
-def _default_alias(options: Any, layout: Layout | None) -> str:
+def _default_alias(options: BackendOptions, layout: Layout | None) -> str:
     if layout is not None:
-        return str(layout.manifest.get("name") or layout.path.stem)
+        return layout.manifest.name or layout.path.stem
     return Path(options.source.path).stem
 
 

@@ -1,15 +1,22 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
-from .fakes import elf_stub, write_gguf
+from tests.support.fakes import elf_stub, write_gguf
 
 # Tests read stderr; bars would only add noise there.
 os.environ.setdefault("LLAMAPACK_DISABLE_PROGRESS_BARS", "1")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reaches the real model, however indirectly (through
+    `backend`, `client`, a built file...), so `make test-fast` can leave them out."""
+    for item in items:
+        if "gemma_gguf" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture
@@ -31,17 +38,11 @@ def gemma_gguf() -> Path:
     return Path(assemble())
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # The real Gemma backend and an in-process client for the API tests; a test
 # module that needs other engine settings overrides `backend`.
 @pytest.fixture(scope="module")
 def backend(gemma_gguf):
-    from .api_support import gemma_backend
+    from tests.support.api import gemma_backend
 
     shared = gemma_backend(gemma_gguf)
     yield shared
@@ -50,7 +51,7 @@ def backend(gemma_gguf):
 
 @pytest.fixture
 async def client(aiohttp_client, backend):
-    from .api_support import gemma_app, wait_ready
+    from tests.support.api import gemma_app, wait_ready
 
     client = await aiohttp_client(gemma_app(backend))
     await wait_ready(client)

@@ -1,0 +1,1 @@
+"""Generation: the decode loop, slots and prompt cache, sampling, embeddings."""

@@ -1,0 +1,86 @@
+"""The llama.cpp context generation runs on: its settings, its batch, its KV cache.
+
+The only engine module that calls llama.cpp for decoding; the slot and batch
+logic hand it plain tokens and positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import llama_cpp.llama_cpp as llama
+import numpy as np
+
+from llamapack.runtime.engine.batch import BatchToken
+from llamapack.runtime.llama.model import Model
+
+
+class Context:
+    """One context shared by `n_parallel` sequences; implements `slots.KvMemory`."""
+
+    def __init__(
+        self,
+        model: Model,
+        n_ctx: int,
+        n_parallel: int,
+        n_threads: int | None,
+        n_batch: int,
+        swa_full: bool,
+    ) -> None:
+        self.model = model
+        params = llama.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(512, n_batch)
+        params.n_seq_max = n_parallel
+        # One pool for all slots, as llama-server does: a single long
+        # conversation may use the whole context while others are idle.
+        params.kv_unified = True
+        params.swa_full = swa_full
+        params.no_perf = True
+        if n_threads:
+            params.n_threads = n_threads
+            params.n_threads_batch = n_threads
+        self.pointer: Any = llama.llama_init_from_model(model.pointer, params)
+        if not self.pointer:
+            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        self.n_ctx = int(llama.llama_n_ctx(self.pointer))
+        self.n_batch = n_batch
+        self.n_threads = int(params.n_threads)
+        # With a sliding window the cache keeps only the last n_swa positions
+        # (unless swa_full), so a prefix can be reused only if its tail is there.
+        self.n_swa = 0 if swa_full else int(llama.llama_model_n_swa(model.pointer))
+        self._memory: Any = llama.llama_get_memory(self.pointer)
+        self._batch: Any = llama.llama_batch_init(n_batch, 0, n_parallel)
+
+    def decode(self, tokens: Sequence[BatchToken]) -> int:
+        """Evaluate one batch: 0 on success, 1 when the KV cache has no room for it."""
+        batch = self._batch
+        for i, (token, pos, seq_id, logits) in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_id
+            batch.logits[i] = logits
+        batch.n_tokens = len(tokens)
+        return int(llama.llama_decode(self.pointer, batch))
+
+    def logits(self, index: int) -> np.ndarray:
+        """The raw logits at batch position `index` of the last decode (a view, valid until the next)."""
+        pointer = llama.llama_get_logits_ith(self.pointer, index)
+        logits: np.ndarray = np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,))
+        return logits
+
+    def seq_pos_min(self, seq_id: int) -> int:
+        return int(llama.llama_memory_seq_pos_min(self._memory, seq_id))
+
+    def seq_remove(self, seq_id: int, start: int) -> bool:
+        return bool(llama.llama_memory_seq_rm(self._memory, seq_id, start, -1))
+
+    def seq_clear(self, seq_id: int) -> None:
+        llama.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+
+    def close(self) -> None:
+        llama.llama_batch_free(self._batch)
+        llama.llama_free(self.pointer)

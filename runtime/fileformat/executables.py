@@ -1,0 +1,128 @@
+"""The executable side of the file format: a runtime stub, its executable header
+and its PyInstaller archive.
+
+PyInstaller's bootloader, on every system, finds its archive by scanning the
+file backwards for a cookie, and addresses the archive relative to where it
+found it (start = cookie position + cookie size - archive length). Data
+appended after a stub is therefore scanned at every launch (3 GiB took 21 s).
+
+A built file keeps the stub byte for byte (ELF sections, PE image, Mach-O
+segments and PyInstaller's ad-hoc signature stay valid), appends the model,
+and then a second copy of the archive with its cookie, so the scan stops in
+the last few hundred bytes. The copy costs the archive's size once (about
+25 MB) and buys two things: no executable format is patched, and a file cut
+short by an interrupted download still starts (the bootloader then finds the
+stub's own archive after a long scan) and says it is incomplete instead of
+failing inside the bootloader (see `layout.classify`).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from llamapack.runtime.fileformat.magic import (
+    DOS_MAGIC,
+    ELF_MAGIC,
+    MACHO_64_MAGIC,
+    PE_SIGNATURE,
+    PYI_COOKIE_MAGIC,
+)
+
+PYI_COOKIE = struct.Struct("!8sIIii64s")  # magic, archive length, TOC offset, TOC length, pyvers, pylib
+# A stub's cookie sits within this distance of its end (ELF section headers follow it).
+STUB_TAIL_LIMIT = 64 * 1024
+
+# PE: where the DOS header keeps the PE header's offset, and the optional
+# header's magic for PE32+ (64-bit), whose data directories start 16 bytes later.
+_PE_POINTER_AT = 0x3C
+_PE32_PLUS = 0x20B
+_SECURITY_DIRECTORY = 4  # IMAGE_DIRECTORY_ENTRY_SECURITY: the Authenticode signature
+
+
+class StubError(Exception):
+    """The runtime stub is not an executable llamapack can build with."""
+
+
+@dataclass(frozen=True)
+class ExecutableHeader:
+    """What the builder needs from an executable's header: its format, the
+    machine it runs on, and whether it is signed in a way appending breaks."""
+
+    kind: str  # "elf", "pe" or "macho"
+    machine: int  # ELF e_machine, PE Machine, Mach-O cputype
+    signed: bool = False  # a PE with an Authenticode certificate table
+
+
+def executable_kind(data: bytes) -> str:
+    if data[:4] == ELF_MAGIC:
+        return "elf"
+    if data[:2] == DOS_MAGIC:
+        return "pe"
+    if data[:4] == MACHO_64_MAGIC:
+        return "macho"
+    raise StubError("not an executable llamapack knows (ELF, PE or 64-bit Mach-O)")
+
+
+def read_executable_header(data: bytes) -> ExecutableHeader:
+    kind = executable_kind(data)
+    try:
+        if kind == "elf":
+            return ExecutableHeader(kind, _u16(data, 18))
+        if kind == "pe":
+            return _pe_header(data)
+        return ExecutableHeader(kind, int(struct.unpack_from("<i", data, 4)[0]))
+    except struct.error:
+        raise StubError(f"the {kind} header is cut short") from None
+
+
+def _pe_header(data: bytes) -> ExecutableHeader:
+    pe_at = _u32(data, _PE_POINTER_AT)
+    if data[pe_at : pe_at + 4] != PE_SIGNATURE:
+        raise StubError("a DOS executable without a PE header")
+    optional_at = pe_at + 24
+    directories_at = optional_at + (112 if _u16(data, optional_at) == _PE32_PLUS else 96)
+    security_size = _u32(data, directories_at + 8 * _SECURITY_DIRECTORY + 4)
+    return ExecutableHeader("pe", _u16(data, pe_at + 4), signed=security_size != 0)
+
+
+def _u16(data: bytes, at: int) -> int:
+    return int(struct.unpack_from("<H", data, at)[0])
+
+
+def _u32(data: bytes, at: int) -> int:
+    return int(struct.unpack_from("<I", data, at)[0])
+
+
+@dataclass(frozen=True)
+class Stub:
+    """A runtime executable and where its PyInstaller archive lies."""
+
+    data: bytes
+    header: ExecutableHeader
+    cookie_at: int
+    archive_at: int
+
+    @property
+    def kind(self) -> str:
+        return self.header.kind
+
+    @property
+    def archive(self) -> memoryview:
+        """The archive with its cookie: relative addressing makes it valid anywhere."""
+        return memoryview(self.data)[self.archive_at : self.cookie_at + PYI_COOKIE.size]
+
+
+def read_stub(data: bytes) -> Stub:
+    executable_kind(data)  # an unknown format is named before a missing archive
+    cookie_at = data.rfind(PYI_COOKIE_MAGIC, max(0, len(data) - STUB_TAIL_LIMIT))
+    if cookie_at < 0 or cookie_at + PYI_COOKIE.size > len(data):
+        raise StubError("no PyInstaller archive found (not a llamapack runtime stub)")
+    archive_len = PYI_COOKIE.unpack_from(data, cookie_at)[1]
+    archive_at = cookie_at + PYI_COOKIE.size - archive_len
+    if not 0 < archive_at <= cookie_at:
+        raise StubError("the PyInstaller archive's cookie is damaged")
+    header = read_executable_header(data)
+    if header.signed:
+        raise StubError("the stub is Authenticode-signed; build from an unsigned stub and sign the result")
+    return Stub(data=data, header=header, cookie_at=cookie_at, archive_at=archive_at)

@@ -1,0 +1,231 @@
+"""The ZIP side of the file format: where each entry goes and in what order a
+built file is written.
+
+Every offset is computed before a byte is written (`plan_file`), so the builder
+only streams: `Plan.write_head`, the model's bytes, then `Plan.write_tail`.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from llamapack.runtime.fileformat.executables import Stub
+from llamapack.runtime.fileformat.magic import (
+    ZIP64_END_SIG,
+    ZIP64_LOCATOR_SIG,
+    ZIP_CENTRAL_SIG,
+    ZIP_END_SIG,
+    ZIP_LOCAL_SIG,
+)
+
+MODEL_ALIGNMENT = 64 * 1024
+MANIFEST_NAME = "manifest.json"
+ARGS_NAME = ".args"
+
+# ZIP structures (APPNOTE 6.3.x); all little-endian.
+LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
+_CENTRAL_HEADER = struct.Struct("<IHHHHHHIIIHHHHHII")
+_END_RECORD = struct.Struct("<IHHHHIIH")
+_ZIP64_END_RECORD = struct.Struct("<IQHHIIQQQQ")
+_ZIP64_LOCATOR = struct.Struct("<IIQI")
+_ZIP64_EXTRA_ID = 0x0001
+# The extra-field id Android's zipalign uses for padding; readers skip it.
+_ALIGN_EXTRA_ID = 0xD935
+_MAX32 = 0xFFFFFFFF
+# 1980-01-01 00:00:00 in DOS format: a fixed stamp keeps builds reproducible.
+_DOS_TIME, _DOS_DATE = 0, (0 << 9) | (1 << 5) | 1
+_UNIX_FILE_MODE = 0o100644 << 16
+_MADE_BY_UNIX = 3 << 8
+LOCAL_SIGNATURE = struct.pack("<I", ZIP_LOCAL_SIG)
+
+
+@dataclass
+class Member:
+    """One ZIP member as placed in the file."""
+
+    name: str
+    size: int
+    header_at: int = 0
+    extra_len: int = 0
+    crc: int = 0
+
+    @property
+    def data_at(self) -> int:
+        return self.header_at + LOCAL_HEADER.size + len(self.name.encode()) + self.extra_len
+
+    @property
+    def end(self) -> int:
+        return self.data_at + self.size
+
+    def local_header(self) -> bytes:
+        name = self.name.encode()
+        extra = _zip64_local_extra(self.size) if self.size >= _MAX32 else b""
+        pad = self.extra_len - len(extra)
+        if pad:
+            extra += struct.pack("<HHH", _ALIGN_EXTRA_ID, pad - 4, MODEL_ALIGNMENT % 0x10000) + bytes(pad - 6)
+        size32 = _MAX32 if self.size >= _MAX32 else self.size
+        fixed = LOCAL_HEADER.pack(
+            ZIP_LOCAL_SIG, _version_needed(self), 0x0800, 0, _DOS_TIME, _DOS_DATE,
+            self.crc, size32, size32, len(name), len(extra),
+        )  # fmt: skip
+        return fixed + name + extra
+
+    def crc_field_at(self) -> int:
+        return self.header_at + 14
+
+
+def _version_needed(member: Member) -> int:
+    return 45 if member.size >= _MAX32 or member.header_at >= _MAX32 else 10
+
+
+def _zip64_local_extra(size: int) -> bytes:
+    return struct.pack("<HHQQ", _ZIP64_EXTRA_ID, 16, size, size)
+
+
+@dataclass
+class Plan:
+    """Where every part of a built file goes; computed before a byte is written.
+
+    The order, and why:
+
+    * the stub first, byte for byte: it is the executable;
+    * the model, 64 KiB aligned and STORED, because llama.cpp maps tensors at
+      their absolute file offsets (absent when the model lies beside the file);
+    * manifest.json and .args, small, after the model so their size (the
+      manifest holds the model's hash) never moves the model;
+    * a copy of PyInstaller's archive, so the bootloader's backward scan for its
+      cookie stops a few hundred bytes from the end;
+    * the ZIP central directory and end records, which ZIP readers start from;
+      they follow absolute offsets, so the stub and the archive copy are
+      invisible to them.
+    """
+
+    stub: Stub
+    model: Member | None  # None when the model lies beside the executable
+    manifest: Member
+    args: Member
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def archive_at(self) -> int:
+        return self.args.end
+
+    @property
+    def central_directory_at(self) -> int:
+        return self.archive_at + len(self.stub.archive)
+
+    def write_head(self, target: BinaryIO) -> None:
+        """Everything before the model's bytes: the stub, then the model's local header."""
+        target.write(self.stub.data)
+        if self.model is not None:
+            target.write(bytes(self.model.header_at - len(self.stub.data)))
+            target.write(self.model.local_header())
+
+    def write_tail(
+        self, target: BinaryIO, manifest: bytes, args: bytes, model_crc: int | None = None
+    ) -> None:
+        """Everything after the model's bytes: manifest.json, .args, the archive copy
+        and the ZIP directory; then the model's CRC, known only once its bytes are
+        written, is patched into its local header."""
+        if len(manifest) != self.manifest.size or len(args) != self.args.size:
+            raise ValueError("manifest.json or .args changed length after the file was planned")
+        if self.model is not None:
+            if model_crc is None:
+                raise ValueError("the model's CRC is needed to finish the file")
+            self.model.crc = model_crc
+        for member, data in ((self.manifest, manifest), (self.args, args)):
+            member.crc = zlib.crc32(data)
+            target.write(member.local_header())
+            target.write(data)
+        target.write(self.stub.archive)
+        target.write(central_directory(self))
+        if self.model is not None:
+            target.seek(self.model.header_at)
+            target.write(self.model.local_header())
+
+
+def place_model(stub: Stub, model_name: str, model_size: int) -> Member:
+    """The model's ZIP member, placed so its data starts 64 KiB aligned."""
+    start = len(stub.data)
+    name_len = len(model_name.encode())
+    zip64_extra = 20 if model_size >= _MAX32 else 0
+    data_at = _align_up(start + LOCAL_HEADER.size + name_len + zip64_extra + 6, MODEL_ALIGNMENT)
+    # Padding lives in the header's extra field (max 64 KiB); any excess becomes
+    # a gap before the header, which ZIP readers never look at.
+    extra_len = min(data_at - start - LOCAL_HEADER.size - name_len, 0xFFFF)
+    header_at = data_at - LOCAL_HEADER.size - name_len - extra_len
+    return Member(model_name, model_size, header_at, extra_len)
+
+
+def plan_file(stub: Stub, model: Member | None, manifest_len: int, args_len: int) -> Plan:
+    manifest = Member(MANIFEST_NAME, manifest_len, header_at=model.end if model else len(stub.data))
+    args = Member(ARGS_NAME, args_len, header_at=manifest.end)
+    members = [model, manifest, args] if model else [manifest, args]
+    return Plan(stub, model, manifest, args, members)
+
+
+def _align_up(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+def central_directory(plan: Plan) -> bytes:
+    out = io.BytesIO()
+    for member in plan.members:
+        name = member.name.encode()
+        big_size = member.size >= _MAX32
+        fields = ([member.size, member.size] if big_size else []) + (
+            [member.header_at] if member.header_at >= _MAX32 else []
+        )
+        extra = b""
+        if fields:
+            extra = struct.pack(f"<HH{len(fields)}Q", _ZIP64_EXTRA_ID, 8 * len(fields), *fields)
+        size32 = _MAX32 if big_size else member.size
+        out.write(
+            _CENTRAL_HEADER.pack(
+                ZIP_CENTRAL_SIG,
+                _MADE_BY_UNIX | 45,
+                _version_needed(member),
+                0x0800,
+                0,
+                _DOS_TIME,
+                _DOS_DATE,
+                member.crc,
+                size32,
+                size32,
+                len(name),
+                len(extra),
+                0,
+                0,
+                0,
+                _UNIX_FILE_MODE,
+                min(member.header_at, _MAX32),
+            )  # fmt: skip
+        )
+        out.write(name + extra)
+    directory = out.getvalue()
+    at, count = plan.central_directory_at, len(plan.members)
+    end = b""
+    if at >= _MAX32 or at + len(directory) >= _MAX32:
+        zip64_end_at = at + len(directory)
+        end += _ZIP64_END_RECORD.pack(
+            ZIP64_END_SIG, _ZIP64_END_RECORD.size - 12, _MADE_BY_UNIX | 45, 45, 0, 0,
+            count, count, len(directory), at,
+        )  # fmt: skip
+        end += _ZIP64_LOCATOR.pack(ZIP64_LOCATOR_SIG, 0, zip64_end_at, 1)
+    end += _END_RECORD.pack(ZIP_END_SIG, 0, 0, count, count, min(len(directory), _MAX32), min(at, _MAX32), 0)
+    return directory + end
+
+
+def member_data_offset(raw: BinaryIO, header_at: int) -> int:
+    """Where a member's data starts, from its local header: zipfile gives only the
+    header's offset, and the local extra field may differ from the central one."""
+    raw.seek(header_at)
+    header = raw.read(LOCAL_HEADER.size)
+    if len(header) != LOCAL_HEADER.size or header[:4] != LOCAL_SIGNATURE:
+        raise ValueError("bad local header")
+    name_len, extra_len = struct.unpack_from("<HH", header, 26)
+    return int(header_at + LOCAL_HEADER.size + name_len + extra_len)

@@ -1,0 +1,1 @@
+"""llama.cpp through ctypes: the model, ggml's loader, CPU variants, devices, chat templates."""

@@ -1,0 +1,1 @@
+"""The HTTP server: app factory, guard, routes, metrics, OpenAPI document."""

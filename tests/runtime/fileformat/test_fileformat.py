@@ -1,0 +1,216 @@
+"""The built file's format, checked on tiny GGUFs and a stand-in ELF stub."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+import zlib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from llamapack.builder.assemble import BuildOptions, build
+from llamapack.builder.gguf_header import read_header
+from llamapack.builder.sources import resolve
+from llamapack.builder.stub import StubInfo
+from llamapack.runtime import fileformat as ff
+from llamapack.runtime.fileformat import read_stub
+from tests.support.fakes import (
+    COOKIE,
+    COOKIE_MAGIC,
+    elf_stub,
+    macho_stub,
+    pe_stub,
+    read_sections,
+    write_gguf,
+)
+
+
+def _build(source: Path, stub: Path, output: Path, **options: object) -> Path:
+    build(resolve(str(source)), BuildOptions(output=output, **options), StubInfo(stub, "test", False))  # type: ignore[arg-type]
+    return output
+
+
+def test_output_is_a_zip_with_the_model_stored_and_aligned(tiny_gguf, fake_stub, tmp_path):
+    out = _build(tiny_gguf, fake_stub, tmp_path / "out" / "model")
+    with zipfile.ZipFile(out) as archive:
+        assert archive.namelist() == ["tiny-model.gguf", "manifest.json", ".args"]
+        assert archive.testzip() is None  # every CRC matches
+        info = archive.getinfo("tiny-model.gguf")
+        assert info.compress_type == zipfile.ZIP_STORED
+        assert archive.read("tiny-model.gguf") == tiny_gguf.read_bytes()
+    layout = ff.read_layout(out)
+    assert layout.model_offset % ff.MODEL_ALIGNMENT == 0
+    assert out.read_bytes()[layout.model_offset : layout.model_offset + layout.model_size] == (
+        tiny_gguf.read_bytes()
+    )
+    # llama.cpp maps tensors at absolute offsets: the data section must stay 32-byte aligned.
+    assert (layout.model_offset + read_header(tiny_gguf).data_offset) % 32 == 0
+
+
+def test_unzip_lists_and_tests_the_file(tiny_gguf, fake_stub, tmp_path):
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model")
+    listing = subprocess.run(["unzip", "-l", str(out)], capture_output=True, text=True, check=True)
+    assert "tiny-model.gguf" in listing.stdout and "manifest.json" in listing.stdout
+    tested = subprocess.run(["unzip", "-t", str(out)], capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "No errors detected" in tested.stdout
+
+
+def test_the_stub_is_kept_byte_for_byte(tiny_gguf, fake_stub, tmp_path):
+    """No executable format is patched: ELF sections, PE images and Mach-O
+    signatures stay exactly as PyInstaller made them."""
+    stub = fake_stub.read_bytes()
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model").read_bytes()
+    assert out[: len(stub)] == stub
+    assert read_sections(out) == read_sections(stub)
+
+
+def test_bootloader_finds_its_archive_from_the_end(tiny_gguf, fake_stub, tmp_path):
+    """PyInstaller's bootloader scans backwards for the cookie and addresses the
+    archive relative to it: the last cookie must lead to a whole archive, and
+    sit a few hundred bytes from the end, not behind the model."""
+    stub = read_stub(fake_stub.read_bytes())
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model").read_bytes()
+    cookie_at = out.rfind(COOKIE_MAGIC)
+    archive_len = COOKIE.unpack_from(out, cookie_at)[1]
+    archive_at = cookie_at + COOKIE.size - archive_len
+    assert out[archive_at : cookie_at + COOKIE.size] == stub.archive
+    assert archive_at > ff.read_layout(tmp_path / "model").model_offset  # after the model
+    assert len(out) - cookie_at < 1024
+
+
+def test_manifest_describes_the_model(tiny_gguf, fake_stub, tmp_path):
+    import hashlib
+
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model", name="Tiny")
+    manifest = json.loads(zipfile.ZipFile(out).read("manifest.json"))
+    model = manifest["model"]
+    assert manifest["format"] == ff.FORMAT_VERSION
+    assert manifest["name"] == "Tiny"
+    assert manifest["runtime"]["llamapack"]
+    assert manifest["runtime"]["llama_cpp_python"] == metadata.version("llama-cpp-python")
+    assert model["file"] == "tiny-model.gguf"
+    assert model["size"] == tiny_gguf.stat().st_size
+    assert model["sha256"] == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
+    assert model["architecture"] == "llama"
+    assert model["parameters"] == 4096 + 64
+    assert model["quantization"] == "F32"
+    assert model["context_length"] == 2048
+    assert model["offset"] == ff.read_layout(out).model_offset
+    assert manifest["chat_template"]["source"] == "builtin"
+
+
+def test_args_file_holds_defaults_and_the_user_marker(tiny_gguf, fake_stub, tmp_path):
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model", name="Tiny")
+    assert zipfile.ZipFile(out).read(".args") == b"--alias\nTiny\n...\n"
+    assert ff.read_layout(out).args == ["--alias", "Tiny", "..."]
+
+
+def test_builds_are_byte_identical(tiny_gguf, fake_stub, tmp_path):
+    first = _build(tiny_gguf, fake_stub, tmp_path / "a" / "model").read_bytes()
+    second = _build(tiny_gguf, fake_stub, tmp_path / "b" / "model").read_bytes()
+    assert first == second
+
+
+@pytest.mark.parametrize("stub_size", [100, 70_000, 65_536 - 50])
+def test_alignment_holds_wherever_the_stub_ends(tmp_path, stub_size, tiny_gguf):
+    stub = tmp_path / "stub"
+    stub.write_bytes(elf_stub(archive_payload=b"x" * stub_size))
+    out = _build(tiny_gguf, stub, tmp_path / "model")
+    assert ff.read_layout(out).model_offset % ff.MODEL_ALIGNMENT == 0
+    assert zipfile.ZipFile(out).testzip() is None
+
+
+@pytest.mark.parametrize("make_stub", [pe_stub, macho_stub], ids=["pe", "macho"])
+def test_pe_and_macho_stubs_are_kept_and_found(make_stub, tiny_gguf, tmp_path):
+    stub = tmp_path / "stub"
+    stub.write_bytes(make_stub())
+    out = _build(tiny_gguf, stub, tmp_path / "model").read_bytes()
+    assert out.startswith(stub.read_bytes())  # a Mach-O signature stays as it was
+    cookie_at = out.rfind(COOKIE_MAGIC)
+    archive_at = cookie_at + COOKIE.size - COOKIE.unpack_from(out, cookie_at)[1]
+    assert out[archive_at : cookie_at + COOKIE.size] == read_stub(stub.read_bytes()).archive
+    assert zipfile.ZipFile(tmp_path / "model").testzip() is None
+
+
+def test_signed_pe_stub_is_refused(tiny_gguf, tmp_path):
+    stub = tmp_path / "stub.exe"
+    stub.write_bytes(pe_stub(signed=True))
+    with pytest.raises(Exception, match="Authenticode-signed"):
+        _build(tiny_gguf, stub, tmp_path / "model.exe")
+
+
+def test_zip64_when_the_model_passes_4_gib(tmp_path):
+    """Write the layout of a 5 GiB model sparsely and read it back with zipfile."""
+    stub = ff.read_stub(elf_stub())
+    size = 5 * 1024**3
+    model = ff.place_model(stub, "big.gguf", size)
+    manifest = ff.Manifest(
+        name="big",
+        engine=ff.EngineRecord("0.1.0", "0.3.36", "linux-x86_64"),
+        model=ff.ModelRecord(file="big.gguf", size=size, sha256="0" * 64, offset=model.data_at, name=None,
+                             architecture="llama", parameters=1, quantization="F32", context_length=None),
+        chat_template=ff.ChatTemplateChoice("builtin", "chatml"),
+    ).encode()  # fmt: skip
+    args = ff.encode_args(["..."])
+    plan = ff.plan_file(stub, model, len(manifest), len(args))
+    path = tmp_path / "big"
+    with path.open("wb") as out:
+        out.write(stub.data)
+        out.seek(model.header_at)
+        out.write(model.local_header())
+        out.write(b"GGUF")
+        out.seek(plan.manifest.header_at)
+        for member, data in ((plan.manifest, manifest), (plan.args, args)):
+            member.crc = zlib.crc32(data)
+            out.write(member.local_header() + data)
+        out.write(bytes(stub.archive) + ff.central_directory(plan))
+    with zipfile.ZipFile(path) as archive:
+        assert archive.getinfo("big.gguf").file_size == size
+        assert archive.getinfo(".args").header_offset > 2**32
+        assert archive.read(".args") == b"...\n"
+    layout = ff.read_layout(path)
+    assert layout.model_size == size and layout.model_offset == model.data_at
+
+
+def test_truncated_file_is_reported(tiny_gguf, fake_stub, tmp_path):
+    out = _build(tiny_gguf, fake_stub, tmp_path / "model")
+    data = out.read_bytes()
+    cut = tmp_path / "cut"
+    cut.write_bytes(data[: ff.read_layout(out).model_offset + 100])
+    assert ff.classify(cut) == "incomplete"
+    assert ff.classify(out) == "built"
+    assert ff.classify(fake_stub) == "stub"
+    with pytest.raises(ff.FormatError):
+        ff.read_layout(cut)
+
+
+@pytest.mark.parametrize(
+    ("defaults", "user", "merged"),
+    [
+        (["--alias", "x", "..."], ["--port", "9"], ["--alias", "x", "--port", "9"]),
+        (["-c", "512"], ["-c", "1024"], ["-c", "512", "-c", "1024"]),
+        (["a", "...", "--nobrowser"], ["b"], ["a", "b", "--nobrowser"]),
+        ([], [], []),
+    ],
+)
+def test_merge_args(defaults, user, merged):
+    assert ff.merge_args(defaults, user) == merged
+
+
+def test_args_encoding_round_trips_and_refuses_newlines():
+    args = ["--system-prompt", "Be brief. Use lists.", "..."]
+    assert ff.decode_args(ff.encode_args(args)) == args
+    with pytest.raises(ValueError):
+        ff.encode_args(["two\nlines"])
+
+
+def test_tiny_gguf_header(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", arch="gemma3", chat_template="{{ bos_token }}")
+    header = read_header(path)
+    assert header.architecture == "gemma3"
+    assert header.chat_template == "{{ bos_token }}"
+    assert header.data_end == path.stat().st_size

@@ -1,0 +1,55 @@
+"""Driving a real built file: run it once, or serve with it and talk JSON."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.support.processes import free_port, serving_pid, stop, wait_healthy
+
+
+def run_file(path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(path), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def get_json(url: str, body: dict[str, Any] | None = None, timeout: float = 60) -> tuple[int, Any]:
+    """POST `body` (GET without one); the status and the decoded answer, errors included."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+class Server:
+    """A built file serving on a free port, its output kept for the test to read."""
+
+    def __init__(self, path: Path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [str(path), "--server", "--nobrowser", "--port", str(self.port), "-t", "2", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        wait_healthy(self.url, self.process, timeout, explain=lambda: str(self.process.communicate()))
+
+    def python_pid(self) -> int:
+        return serving_pid(self.process)
+
+    def close(self) -> None:
+        stop(self.process)
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        """Send `sig`; the exit status and what the file wrote to stderr."""
+        self.process.send_signal(sig)
+        _, err = self.process.communicate(timeout=30)
+        return self.process.returncode, err
