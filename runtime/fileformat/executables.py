@@ -30,13 +30,22 @@ from llamapack.runtime.fileformat.magic import (
 )
 
 PYI_COOKIE = struct.Struct("!8sIIii64s")  # magic, archive length, TOC offset, TOC length, pyvers, pylib
-# A stub's cookie sits within this distance of its end (ELF section headers follow it).
+# A stub's cookie sits within this distance of the end of its archive's region:
+# the end of the file (ELF section headers may follow the cookie), or on macOS
+# the start of the code signature, which codesign writes after the archive
+# (about 32 bytes per 4 KiB page: ~200 KB for a 25 MB stub).
 STUB_TAIL_LIMIT = 64 * 1024
+
+# Mach-O: a 64-bit header is 32 bytes, its load commands follow; LC_CODE_SIGNATURE's
+# data offset says where the signature begins.
+_MACHO_HEADER_SIZE = 32
+_LC_CODE_SIGNATURE = 0x1D
 
 # PE: where the DOS header keeps the PE header's offset, and the optional
 # header's magic for PE32+ (64-bit), whose data directories start 16 bytes later.
 _PE_POINTER_AT = 0x3C
 _PE32_PLUS = 0x20B
+_IMPORT_DIRECTORY = 1  # IMAGE_DIRECTORY_ENTRY_IMPORT: the DLLs an image links
 _SECURITY_DIRECTORY = 4  # IMAGE_DIRECTORY_ENTRY_SECURITY: the Authenticode signature
 
 
@@ -86,6 +95,44 @@ def _pe_header(data: bytes) -> ExecutableHeader:
     return ExecutableHeader("pe", _u16(data, pe_at + 4), signed=security_size != 0)
 
 
+def pe_imports(data: bytes) -> tuple[str, ...]:
+    """The DLLs a PE image imports, in the order of its import directory: which C
+    runtime a DLL uses is read here, not guessed (runtime/llama/model.py)."""
+    try:
+        pe_at = _u32(data, _PE_POINTER_AT)
+        if data[:2] != DOS_MAGIC or data[pe_at : pe_at + 4] != PE_SIGNATURE:
+            raise StubError("not a PE image")
+        sections, optional_size = _u16(data, pe_at + 6), _u16(data, pe_at + 20)
+        optional_at = pe_at + 24
+        directories_at = optional_at + (112 if _u16(data, optional_at) == _PE32_PLUS else 96)
+        imports_rva = _u32(data, directories_at + 8 * _IMPORT_DIRECTORY)
+        # Each section: VirtualSize, VirtualAddress, SizeOfRawData, PointerToRawData.
+        sections_at = optional_at + optional_size
+        table = [
+            struct.unpack_from("<IIII", data, at + 8)
+            for at in range(sections_at, sections_at + 40 * sections, 40)
+        ]
+
+        def offset(rva: int) -> int:
+            for virtual_size, address, raw_size, raw_at in table:
+                if address <= rva < address + max(virtual_size, raw_size):
+                    return int(raw_at + rva - address)
+            raise StubError(f"PE address {rva:#x} is in no section")
+
+        names: list[str] = []
+        at = offset(imports_rva) if imports_rva else -1
+        while at >= 0:
+            descriptor = struct.unpack_from("<5I", data, at)  # IMAGE_IMPORT_DESCRIPTOR
+            if not any(descriptor):
+                break
+            start = offset(descriptor[3])
+            names.append(data[start : data.index(b"\0", start)].decode("ascii", "replace"))
+            at += 20
+        return tuple(names)
+    except (struct.error, ValueError):
+        raise StubError("the PE image is cut short or damaged") from None
+
+
 def _u16(data: bytes, at: int) -> int:
     return int(struct.unpack_from("<H", data, at)[0])
 
@@ -113,10 +160,36 @@ class Stub:
         return memoryview(self.data)[self.archive_at : self.cookie_at + PYI_COOKIE.size]
 
 
+def macho_code_signature_at(data: bytes) -> int | None:
+    """Where a 64-bit Mach-O's code signature starts, if it has one."""
+    try:
+        commands = _u32(data, 16)
+        at = _MACHO_HEADER_SIZE
+        for _ in range(commands):
+            command, size = struct.unpack_from("<II", data, at)
+            if command == _LC_CODE_SIGNATURE:
+                return _u32(data, at + 8)
+            if size < 8:
+                break
+            at += size
+    except struct.error:
+        raise StubError("the Mach-O load commands are cut short") from None
+    return None
+
+
+def _archive_region_end(data: bytes, kind: str) -> int:
+    if kind == "macho":
+        signature_at = macho_code_signature_at(data)
+        if signature_at is not None and 0 < signature_at <= len(data):
+            return signature_at
+    return len(data)
+
+
 def read_stub(data: bytes) -> Stub:
-    executable_kind(data)  # an unknown format is named before a missing archive
-    cookie_at = data.rfind(PYI_COOKIE_MAGIC, max(0, len(data) - STUB_TAIL_LIMIT))
-    if cookie_at < 0 or cookie_at + PYI_COOKIE.size > len(data):
+    kind = executable_kind(data)  # an unknown format is named before a missing archive
+    end = _archive_region_end(data, kind)
+    cookie_at = data.rfind(PYI_COOKIE_MAGIC, max(0, end - STUB_TAIL_LIMIT), end)
+    if cookie_at < 0 or cookie_at + PYI_COOKIE.size > end:
         raise StubError("no PyInstaller archive found (not a llamapack runtime stub)")
     archive_len = PYI_COOKIE.unpack_from(data, cookie_at)[1]
     archive_at = cookie_at + PYI_COOKIE.size - archive_len

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import llama_cpp
 
+from llamapack.runtime.llama.ggml import Ggml
 from llamapack.runtime.llama.ggml import ggml as ggml_api
 
 BUILTIN = "builtin"
@@ -225,7 +226,7 @@ def _dlclose(library: ctypes.CDLL) -> None:
         close(library._handle)
 
 
-def _describe(ggml: ctypes.CDLL, reg: int) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+def _describe(ggml: Ggml, reg: int) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     """The CPU's name, the backend's features and its extra buffer types."""
     description = ""
     extra: list[str] = []

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import llama_cpp.llama_cpp as llama
 
-from llamapack.runtime.fileformat import ModelSource
+from llamapack.runtime.fileformat import ModelSource, StubError
+from llamapack.runtime.fileformat.executables import pe_imports
 from llamapack.runtime.llama.cpu import cpu_backend
 
 _LOG_ERROR = 4
@@ -70,8 +71,9 @@ class _CFile:
     """A C `FILE*` positioned at an offset, as llama.cpp's loader wants it.
 
     It must come from the C runtime llama.cpp itself links: the system libc on
-    Linux and macOS, the Universal CRT (ucrtbase) on Windows, where a `FILE*`
-    from another CRT cannot be shared."""
+    Linux and macOS; on Windows the CRT llama.dll imports (the Universal CRT for
+    an MSVC build, msvcrt.dll for a mingw one): a `FILE*` from another CRT cannot
+    be shared, and llama.cpp then hangs reading it."""
 
     def __init__(self, source: ModelSource):
         crt = _c_runtime()
@@ -93,7 +95,7 @@ class _CFile:
 class _CRuntime:
     def __init__(self) -> None:
         if sys.platform == "win32":
-            library = ctypes.CDLL("ucrtbase", use_errno=True)
+            library = ctypes.CDLL(windows_c_runtime(_llama_dll()), use_errno=True)
             opener, seeker = library._wfopen, library._fseeki64
             opener.argtypes = [ctypes.c_wchar_p, ctypes.c_wchar_p]
         else:
@@ -111,6 +113,23 @@ class _CRuntime:
         if sys.platform == "win32":
             return self._open(str(path), "rb")  # type: ignore[no-any-return]
         return self._open(os.fsencode(path), b"rb")  # type: ignore[no-any-return]
+
+
+def windows_c_runtime(dll: Path) -> str:
+    """The C runtime a Windows DLL links, read from its import table."""
+    try:
+        imports = {name.lower() for name in pe_imports(dll.read_bytes())}
+    except (OSError, StubError) as exc:
+        raise ModelLoadError(f"cannot read {dll.name}'s imports: {exc}") from None
+    if "ucrtbase.dll" in imports or any(name.startswith("api-ms-win-crt-") for name in imports):
+        return "ucrtbase"
+    if "msvcrt.dll" in imports:
+        return "msvcrt"
+    raise ModelLoadError(f"{dll.name} links no C runtime this loader knows: {', '.join(sorted(imports))}")
+
+
+def _llama_dll() -> Path:
+    return Path(llama._lib._name)
 
 
 _crt: _CRuntime | None = None

@@ -7,6 +7,7 @@ that ends with PyInstaller's cookie, then `.shstrtab` and the section headers.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from pathlib import Path
 
@@ -129,6 +130,30 @@ def pe_stub(archive_payload: bytes = b"PE-archive" * 50, signed: bool = False) -
     return bytes(image) + pyinstaller_archive(archive_payload, b"python311.dll")
 
 
+def pe_dll(imports: list[str]) -> bytes:
+    """A minimal PE32+ DLL whose import directory names `imports`, in one section
+    mapped at a different address than its file offset (as a linker lays it out)."""
+    pe_at, optional_at, section_rva, section_at = 0x80, 0x80 + 24, 0x2000, 0x400
+    names_rva = section_rva + 20 * (len(imports) + 1)
+    descriptors, names = bytearray(), bytearray()
+    for name in imports:
+        descriptors += struct.pack("<5I", 0, 0, 0, names_rva + len(names), 0)
+        names += name.encode() + b"\0"
+    section = bytes(descriptors) + bytes(20) + bytes(names)
+    image = bytearray(section_at)
+    image[0:2] = b"MZ"
+    struct.pack_into("<I", image, 0x3C, pe_at)
+    image[pe_at : pe_at + 4] = b"PE\0\0"
+    struct.pack_into("<HHIIIHH", image, pe_at + 4, 0x8664, 1, 0, 0, 0, 240, 0x2022)
+    struct.pack_into("<H", image, optional_at, 0x20B)  # PE32+
+    struct.pack_into("<I", image, optional_at + 108, 16)  # NumberOfRvaAndSizes
+    struct.pack_into("<II", image, optional_at + 112 + 8, section_rva, len(section))  # import directory
+    struct.pack_into(
+        "<8sIIII", image, optional_at + 240, b".idata", len(section), section_rva, len(section), section_at
+    )
+    return bytes(image) + section
+
+
 def macho_stub(archive_payload: bytes = b"macho-archive" * 40) -> bytes:
     """An arm64 Mach-O header, then PyInstaller's archive as the string table's
     tail, then (as PyInstaller leaves it) an ad-hoc code signature blob."""
@@ -136,3 +161,54 @@ def macho_stub(archive_payload: bytes = b"macho-archive" * 40) -> bytes:
     image = header + bytes(0x4000 - len(header)) + b"\0_main\0"
     signature = struct.pack(">III", 0xFADE0CC0, 12, 0) + bytes(500)
     return image + pyinstaller_archive(archive_payload, b"Python") + signature
+
+
+def arm64_slice(binary: bytes) -> bytes:
+    """The arm64 image of a universal (fat) Mach-O, or the image itself when thin."""
+    magic, count = struct.unpack_from(">II", binary, 0)
+    if magic != 0xCAFEBABE:
+        return binary
+    for index in range(count):
+        cputype, _, offset, size, _ = struct.unpack_from(">iiIII", binary, 8 + 20 * index)
+        if cputype == 0x0100000C:
+            return binary[offset : offset + size]
+    raise ValueError("no arm64 slice")
+
+
+def signed_macho_stub(image: bytes, archive: bytes) -> bytes:
+    """What PyInstaller makes of its macOS bootloader (building/osx.py): the old
+    signature removed, the archive appended inside __LINKEDIT, then an ad-hoc
+    signature (a SHA-256 per 4 KiB page of everything before it) written after
+    the archive, where codesign puts it."""
+    commands = struct.unpack_from("<I", image, 16)[0]
+    at, signature_command, linkedit_command = 32, -1, -1
+    for _ in range(commands):
+        command, size = struct.unpack_from("<II", image, at)
+        if command == 0x1D:
+            signature_command = at
+        if command == 0x19 and image[at + 8 : at + 24].rstrip(b"\0") == b"__LINKEDIT":
+            linkedit_command = at
+        at += size
+    assert signature_command > 0 and linkedit_command > 0, "the bootloader is not signed"
+    old_signature_at = struct.unpack_from("<I", image, signature_command + 8)[0]
+    body = bytearray(image[:old_signature_at]) + archive
+    body += bytes(-len(body) % 16)
+    code_limit = len(body)
+    page_hashes = b"".join(
+        hashlib.sha256(bytes(body[page : page + 4096])).digest() for page in range(0, code_limit, 4096)
+    )
+    identifier = b"llamapack-runtime\0"
+    header_size = 44  # CodeDirectory up to scatterOffset (version 0x20100)
+    hash_offset = header_size + len(identifier)
+    directory = struct.pack(
+        ">IIIIIIIIIBBBBII", 0xFADE0C02, hash_offset + len(page_hashes), 0x20100, 0x2, hash_offset,
+        header_size, 0, len(page_hashes) // 32, code_limit, 32, 2, 0, 12, 0, 0,
+    ) + identifier + page_hashes  # fmt: skip
+    blob = struct.pack(">IIIII", 0xFADE0CC0, 20 + len(directory), 1, 0, 20) + directory
+    signature = blob + bytes(-len(blob) % 16)
+    struct.pack_into("<II", body, signature_command + 8, code_limit, len(signature))
+    linkedit_at = struct.unpack_from("<Q", body, linkedit_command + 40)[0]
+    linkedit_size = code_limit + len(signature) - linkedit_at
+    struct.pack_into("<Q", body, linkedit_command + 32, linkedit_size + (-linkedit_size % 0x4000))  # vmsize
+    struct.pack_into("<Q", body, linkedit_command + 48, linkedit_size)  # filesize
+    return bytes(body) + signature
