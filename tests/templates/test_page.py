@@ -85,6 +85,10 @@ class Session:
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
         self.page.on("dialog", self._dialog)
+        # Every real reply is bounded, so a test's time never depends on what the
+        # base model says (unbounded, it can ramble past any wait); tests that need
+        # a long reply ask for one.
+        self._settings: dict[str, Any] = {"maxTokens": 32}
 
     def _console(self, message: Any) -> None:
         if message.type == "error":
@@ -95,14 +99,17 @@ class Session:
         dialog.dismiss()
 
     def settings(self, **values: Any) -> None:
-        """Saved settings, in place before the page's own script runs."""
-        origin = self.base.rstrip("/")
-        self.context.add_init_script(
-            f"if (location.origin === {json.dumps(origin)}) "
-            f"localStorage.setItem({json.dumps(SETTINGS_KEY)}, {json.dumps(json.dumps(values))});"
-        )
+        """Settings saved before the page first opens (call before `open`)."""
+        self._settings.update(values)
 
     def open(self) -> Page:
+        # Before the page's own script runs, and only into an empty profile, so
+        # what the page itself saves survives a reload.
+        origin, key = json.dumps(self.base.rstrip("/")), json.dumps(SETTINGS_KEY)
+        self.context.add_init_script(
+            f"if (location.origin === {origin} && localStorage.getItem({key}) === null) "
+            f"localStorage.setItem({key}, {json.dumps(json.dumps(self._settings))});"
+        )
         self.page.goto(self.base)
         expect(self.page.locator("#status")).to_have_text("ready", timeout=20_000)
         return self.page
