@@ -19,7 +19,7 @@ PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.
 WHEELHOUSE ?= $(HOME)/.cache/llamapack/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-dispatch-$(PY_TAG)
 DEMO_FILE := dist/gemma-3-270m-q4_k_m
 
-.PHONY: setup demo build-demo test test-fast lint typecheck format docs bench clean
+.PHONY: setup demo build-demo test test-fast cross-check lint typecheck format docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -41,12 +41,21 @@ build-demo: setup
 demo: build-demo
 	./$(DEMO_FILE)
 
+# The cross-target tests (marked `cross`) have their own target: they need Wine or QEMU.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not cross"
 
 # Unit tests only: nothing that loads the real model or builds a real file.
 test-fast: setup
 	$(BIN)/python -m pytest -m "not e2e and not model"
+
+# Files for other systems, built on this Linux host and run under Wine (windows-x86_64)
+# and QEMU (linux-aarch64). The stubs are built once (tens of minutes cold) and cached.
+# Missing tools fail here: they would only skip under plain pytest.
+cross-check: setup
+	$(BIN)/llamapack runtime build --target windows-x86_64
+	$(BIN)/llamapack runtime build --target linux-aarch64
+	LLAMAPACK_REQUIRE_CROSS=1 $(BIN)/python -m pytest -m cross
 
 lint: setup
 	$(BIN)/ruff check .

@@ -324,18 +324,29 @@ def runtime() -> None:
 
 @runtime.command("build", context_settings=CONTEXT_SETTINGS)
 @click.option("--force", is_flag=True, help="Rebuild even when a cached stub exists.")
+@click.option(
+    "--target", type=click.Choice(list(TARGETS)), default=None,
+    help="Build the stub for another system on this one (windows-x86_64: Wine and mingw-w64; "
+    "linux-aarch64: QEMU and a cross compiler). Default: this system.",
+)  # fmt: skip
 @_quiet_option
 @_domain_errors
-def runtime_build(force: bool) -> None:
-    """Build (or reuse) the runtime stub for this machine and print its path.
+def runtime_build(force: bool, target: str | None) -> None:
+    """Build (or reuse) the runtime stub for this machine (or --target) and print its path.
 
     \b
-    Example:
+    Examples:
       llamapack runtime build --force
+      llamapack runtime build --target windows-x86_64
     """
-    from .stub import ensure_stub
+    from .stub import ensure_stub, target_name
 
-    info = ensure_stub(rebuild=force)
+    if target is None or target == target_name():
+        info = ensure_stub(rebuild=force)
+    else:
+        from .cross import build_cross_stub
+
+        info = build_cross_stub(target, force=force, log=_echo)
     _echo(("Built" if info.built else "Cached") + f" runtime stub {info.key}")
     click.echo(str(info.path))
 

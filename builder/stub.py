@@ -7,6 +7,7 @@ file is a copy job, not a PyInstaller run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -37,6 +39,7 @@ _EXCLUDES = ("tkinter", "IPython", "matplotlib", "pytest", "PIL", "pandas", "sci
              "click", "tqdm", "platformdirs", "PyInstaller", "setuptools", "pip",
              "diskcache", "pydantic", "pydantic_core", "yaml", "openai", "huggingface_hub", "sqlite3",
              "llama_cpp.llama", "llama_cpp.server", "llama_cpp.llama_chat_format")  # fmt: skip
+ENTRY_SOURCE = "from llamapack.runtime.cli import main\n\nraise SystemExit(main())\n"
 
 
 @dataclass(frozen=True)
@@ -65,17 +68,24 @@ def _sources_digest() -> str:
     """Hash of the runtime and UI sources, of this recipe and of the llama.cpp
     libraries the stub collects (a portable and a CPU-dispatch build of the same
     llama-cpp-python version differ): any change gets a new stub."""
+    return sources_digest([], _host_libraries())
+
+
+def sources_digest(recipe: Sequence[Path], libraries: Sequence[Path] = ()) -> str:
+    """Hash of this recipe (stub.py), of the `recipe` files that extend it, of the
+    runtime and UI sources and of the given libraries' names, sizes and mtimes."""
     digest = hashlib.sha256(Path(__file__).read_bytes())
+    for path in recipe:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     for package in ("llamapack.runtime", "llamapack.templates"):
         root = _package_dir(package)
         for path in sorted(root.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 digest.update(path.relative_to(root).as_posix().encode() + b"\0")
                 digest.update(path.read_bytes())
-    for library in sorted(_library_args()[1::2]):
+    for path in sorted(libraries):
         # 40 MB of libraries: their size and mtime say as much as their bytes
         # (a reinstall changes both) at no cost to every build.
-        path = Path(library.split(os.pathsep)[0])
         info = path.stat()
         digest.update(f"{path.name}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
     return digest.hexdigest()[:12]
@@ -111,69 +121,116 @@ def ensure_stub(runtime: Path | None = None, rebuild: bool = False, log: object 
 
 def build_stub(destination: Path, log: object = None) -> Path:
     """Run PyInstaller; the result is moved into place only when complete."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="llamapack-stub-", dir=destination.parent) as work:
-        work_dir = Path(work)
-        staging = _stage_sources(work_dir / "src")
-        entry = work_dir / "entry.py"
-        entry.write_text("from llamapack.runtime.cli import main\n\nraise SystemExit(main())\n")
-        command = [
-            sys.executable, "-m", "PyInstaller", "--onefile", "--noconfirm", "--log-level=WARN",
-            "--name", STUB_NAME,
-            "--distpath", str(work_dir / "dist"),
-            "--workpath", str(work_dir / "build"),
-            "--specpath", str(work_dir),
-            "--paths", str(staging),
-            "--add-data", f"{staging / 'llamapack' / 'templates'}{os.pathsep}llamapack/templates",
-            "--hidden-import", "llamapack.runtime.cli",
-            "--collect-submodules", "llamapack.runtime",
-            *[arg for name in _EXCLUDES for arg in ("--exclude-module", name)],
-            *_library_args(),
-            str(entry),
-        ]  # fmt: skip
-        log_path = destination.parent / "pyinstaller.log"
-        with log_path.open("w") as log_file:
-            result = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=work_dir)
-        if result.returncode != 0:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeStubError(f"PyInstaller failed ({tail[0]}); full log: {log_path}")
-        built = work_dir / "dist" / destination.name
-        os.replace(built, destination)
+    import llama_cpp
+
+    llama_cpp_dir = Path(llama_cpp.__file__).parent
+    with stub_workspace(destination) as work_dir:
+        staging = stage_sources(work_dir / "src", llama_cpp_dir, llama_cpp_version())
+        arguments = pyinstaller_arguments(work_dir, staging, _host_libraries())
+        run_pyinstaller([sys.executable], arguments, work_dir, destination)
     return destination
 
 
-def _stage_sources(root: Path) -> Path:
+# -- the recipe: shared by the host build above and the cross builds in builder/cross/
+
+
+@contextlib.contextmanager
+def stub_workspace(destination: Path) -> Iterator[Path]:
+    """A scratch folder beside `destination` (same file system, so the finished stub
+    is moved, not copied), removed afterwards."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="llamapack-stub-", dir=destination.parent) as work:
+        yield Path(work)
+
+
+def pyinstaller_arguments(
+    work_dir: Path,
+    staging: Path,
+    libraries: Sequence[Path],
+    native: Callable[[Path], str] = str,
+    pathsep: str = os.pathsep,
+) -> list[str]:
+    """PyInstaller's command line for the stub (after `-m`'s Python), with the entry
+    script it names written into `work_dir`. `native` writes a path as the Python
+    that runs PyInstaller sees it and `pathsep` is its --add-data separator (a Windows
+    Python under Wine: Z:\\... and ";")."""
+    entry = work_dir / "entry.py"
+    entry.write_text(ENTRY_SOURCE)
+    return [
+        "-m", "PyInstaller", "--onefile", "--noconfirm", "--log-level=WARN",
+        "--name", STUB_NAME,
+        "--distpath", native(work_dir / "dist"),
+        "--workpath", native(work_dir / "build"),
+        "--specpath", native(work_dir),
+        "--paths", native(staging),
+        "--add-data", f"{native(staging / 'llamapack' / 'templates')}{pathsep}llamapack/templates",
+        "--hidden-import", "llamapack.runtime.cli",
+        "--collect-submodules", "llamapack.runtime",
+        *[arg for name in _EXCLUDES for arg in ("--exclude-module", name)],
+        *[arg for path in libraries for arg in ("--add-binary", f"{native(path)}{pathsep}llama_cpp/lib")],
+        native(entry),
+    ]  # fmt: skip
+
+
+def run_pyinstaller(
+    python: Sequence[str],
+    arguments: Sequence[str],
+    work_dir: Path,
+    destination: Path,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Run PyInstaller with `python` (a command: the host's or a Windows one under Wine),
+    log to pyinstaller.log beside `destination` and move the stub into place."""
+    log_path = destination.parent / "pyinstaller.log"
+    try:
+        # Output through a pipe, stdin from /dev/null: a Windows console program under
+        # Wine dies when its stdout is a regular file.
+        result = subprocess.run(
+            [*python, *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=work_dir, env=None if env is None else dict(env),
+        )  # fmt: skip
+    except OSError as exc:
+        raise RuntimeStubError(f"cannot run PyInstaller with {python[0]}: {exc.strerror}") from None
+    log_path.write_bytes(result.stdout)
+    if result.returncode != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeStubError(f"PyInstaller failed ({tail[0]}); full log: {log_path}")
+    built = work_dir / "dist" / destination.name
+    if not built.is_file():
+        raise RuntimeStubError(f"PyInstaller wrote no {destination.name}; full log: {log_path}")
+    os.replace(built, destination)
+
+
+def stage_sources(root: Path, llama_cpp_dir: Path, llama_cpp_python: str) -> Path:
     """Copy the runtime and UI as a plain `llamapack` package PyInstaller can analyse
-    (an editable install hides them behind an import hook it cannot follow)."""
+    (an editable install hides them behind an import hook it cannot follow), with
+    llama_cpp's bindings from `llama_cpp_dir` (an installed package or an sdist's)."""
     package = root / "llamapack"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(_package_dir("llamapack.runtime"), package / "runtime", ignore=ignore)
     shutil.copytree(_package_dir("llamapack.templates"), package / "templates", ignore=ignore)
-    _stage_llama_cpp(root / "llama_cpp")
+    _stage_llama_cpp(llama_cpp_dir, root / "llama_cpp", llama_cpp_python)
     return root
 
 
-def _stage_llama_cpp(target: Path) -> None:
+def _stage_llama_cpp(source: Path, target: Path, llama_cpp_python: str) -> None:
     """llama_cpp's own `__init__` imports the high-level `Llama` class and with it
     numpy (35 MB that every launch would unpack). The runtime uses only the
     low-level bindings, so the stub gets the package with a lean `__init__`."""
-    import llama_cpp
-
-    source = Path(llama_cpp.__file__).parent
     target.mkdir(parents=True)
     for module in source.glob("*.py"):
         if module.name != "__init__.py":
             shutil.copy2(module, target / module.name)
     target.joinpath("__init__.py").write_text(
         "# Staged by llamapack: the low-level bindings only (see builder/stub.py).\n"
-        f"__version__ = {llama_cpp_version()!r}\n"
+        f"__version__ = {llama_cpp_python!r}\n"
     )
 
 
-def _library_args() -> list[str]:
-    """--add-binary for llama.cpp's libraries, all into llama_cpp/lib of the stub, where
+def _host_libraries() -> list[Path]:
+    """llama.cpp's libraries, all for llama_cpp/lib of the stub, where
     llama_cpp loads them and runtime/llama/cpu.py looks first for the CPU variants
     (llama-cpp-python installs those into site-packages/bin)."""
     import llama_cpp
@@ -186,15 +243,15 @@ def _library_args() -> list[str]:
         names = _LINUX_LIBS + ((_LINUX_CPU_LIB,) if (lib_dir / _LINUX_CPU_LIB).exists() else ())
     else:
         names = tuple(p.name for p in lib_dir.iterdir() if p.is_file())
-    args = []
+    libraries = []
     for name in names:
         path = lib_dir / name
         if not path.exists():
             raise RuntimeStubError(f"llama-cpp-python is missing {path}; reinstall it")
-        args += ["--add-binary", f"{path}{os.pathsep}llama_cpp/lib"]
+        libraries.append(path)
     if sys.platform.startswith("linux") and _LINUX_CPU_LIB not in names and not variants:
         raise RuntimeStubError(f"llama-cpp-python has no CPU backend ({_LINUX_CPU_LIB} or libggml-cpu-*.so)")
     for path in variants:
         if path.parent != lib_dir or path.name not in names:
-            args += ["--add-binary", f"{path}{os.pathsep}llama_cpp/lib"]
-    return args
+            libraries.append(path)
+    return libraries

@@ -2,7 +2,8 @@
 
 Building is a copy job, so any machine can write a file for any system once it
 has that system's runtime stub: given with `--runtime`, built here for the
-host, or downloaded once from the release that matches this llamapack
+host, built here earlier for the target (`llamapack runtime build --target`,
+builder/cross/), or downloaded once from the release that matches this llamapack
 (`LLAMAPACK_RUNTIME_URL`) and checked against the release's SHA256SUMS.
 """
 
@@ -18,6 +19,7 @@ from llamapack.runtime import __version__
 from llamapack.runtime.fileformat import StubError, read_stub
 
 from .atomic import atomic_output
+from .cross import CROSS_TARGETS, cached_cross_stub
 from .errors import RuntimeStubError, UsageError
 from .stub import STUB_NAME, StubInfo, cache_dir, ensure_stub, llama_cpp_version, target_name
 
@@ -54,8 +56,16 @@ def stub_for(target: str, runtime: Path | None) -> StubInfo:
         info = ensure_stub(runtime)
     elif target == target_name():
         info = ensure_stub()
+    elif (built_here := cached_cross_stub(target)) is not None:
+        info = StubInfo(built_here, built_here.parent.name, built=False)  # `llamapack runtime build --target`
     else:
-        info = StubInfo(_downloaded_stub(target), f"release-{target}", built=False)
+        try:
+            info = StubInfo(_downloaded_stub(target), f"release-{target}", built=False)
+        except RuntimeStubError as exc:
+            if target not in CROSS_TARGETS:
+                raise
+            hint = f"or build it here: llamapack runtime build --target {target}"
+            raise RuntimeStubError(f"{exc}; {hint}") from None
     check_stub_target(info.path, target)
     return info
 

@@ -4,7 +4,6 @@ handed to llama.cpp must come from that CRT (from another one, the load hangs)."
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +14,7 @@ from llamapack.runtime.fileformat import StubError
 from llamapack.runtime.fileformat.executables import pe_imports
 from llamapack.runtime.llama.ggml import _ggml_dll_names
 from llamapack.runtime.llama.model import ModelLoadError, windows_c_runtime
+from tests.support.cross import unavailable
 from tests.support.fakes import pe_dll
 
 MINGW = shutil.which("x86_64-w64-mingw32-gcc")
@@ -69,13 +69,10 @@ def test_a_dll_without_a_known_c_runtime_is_one_clear_error(tmp_path: Path) -> N
         pe_imports(b"MZ" + bytes(100))
 
 
-@pytest.mark.skipif(
-    MINGW is None and os.environ.get("LLAMAPACK_REQUIRE_CROSS") != "1",
-    reason="needs Debian's mingw-w64 (g++-mingw-w64-x86-64-posix)",
-)
 def test_a_dll_built_by_mingw_links_msvcrt(tmp_path: Path) -> None:
     """Debian's mingw-w64 links msvcrt.dll (what the Windows engine built here uses)."""
-    assert MINGW is not None, "LLAMAPACK_REQUIRE_CROSS=1 but mingw-w64 is missing"
+    if MINGW is None:
+        unavailable("needs Debian's mingw-w64 (g++-mingw-w64-x86-64-posix)")
     source = tmp_path / "reader.c"
     source.write_text(
         "#include <stdio.h>\nsize_t read_some(FILE *f, char *b) { return fread(b, 1, 8, f); }\n"
