@@ -8,6 +8,7 @@ win wherever both set the same flag.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -29,6 +30,8 @@ from llamapack.runtime.fileformat import (
 )
 
 if TYPE_CHECKING:  # loaded only when a model is: --help and --version stay fast
+    import asyncio
+
     from llamapack.runtime.backend import Backend, BackendOptions
 
 PROG = Path(sys.argv[0]).name if getattr(sys, "frozen", False) else "llamapack-runtime"
@@ -300,6 +303,8 @@ def _complete(args: argparse.Namespace, options: BackendOptions) -> int:
 
 
 def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | None) -> int:
+    import asyncio
+
     from aiohttp import web
 
     from llamapack.runtime.backend import Backend
@@ -344,10 +349,37 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
     print(f"{PROG}: loading {name}, serving on {url}", file=sys.stderr, flush=True)
     # SIGTERM and SIGINT end the server alike: in-flight streams close and the
     # process exits 0, so PyInstaller's bootloader removes its temporary folder.
-    web.run_app(create_app(config), sock=sock, print=None, handle_signals=True, shutdown_timeout=5)
+    loop = asyncio.new_event_loop()
+    _stop_on_signals(loop)
+    web.run_app(
+        create_app(config), sock=sock, print=None, handle_signals=False, shutdown_timeout=5, loop=loop
+    )
     if load_errors:
         raise CliError(f"could not load the model: {load_errors[0]}")
     return 0
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """The first SIGTERM or SIGINT shuts the server down gracefully; a second one
+    during that shutdown (`pkill` hits both the bootloader, which forwards its
+    signal, and this process) ends it at once with one line and 128 + the signal,
+    instead of a second exception inside aiohttp's clean-up."""
+    from aiohttp.web_runner import GracefulExit
+
+    stopping = False
+
+    def on_signal(number: int) -> None:
+        nonlocal stopping
+        if stopping:
+            name = signal.Signals(number).name
+            print(f"{PROG}: stopped at once ({name} during shutdown)", file=sys.stderr, flush=True)
+            os._exit(128 + number)
+        stopping = True
+        raise GracefulExit()
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C arrives as KeyboardInterrupt
+            loop.add_signal_handler(number, on_signal, number)
 
 
 def announce_engine(backend: Backend) -> Backend:

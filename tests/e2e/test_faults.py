@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,6 +86,37 @@ def test_a_signal_during_a_stream_ends_it_cleanly(gemma_file, sig):
         _, err = server.process.communicate(timeout=60)  # one signal is enough to end it
         assert server.process.returncode == 0, err
         assert "Traceback" not in err
+        assert not temp_dir.exists(), "PyInstaller's temporary folder must be removed"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_during_shutdown_ends_it_with_one_line(gemma_file, sig):
+    """As `pkill -f` does: the bootloader forwards its signal to the Python process,
+    which also gets its own, while it is still closing the stream."""
+    server = Server(gemma_file)
+    try:
+        server.wait_healthy()
+        python = server.python_pid()
+        maps = Path(f"/proc/{python}/maps").read_text().splitlines()
+        temp_dir = next(Path(line.split()[-1]).parent for line in maps if "/_MEI" in line)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        body = {"messages": HELLO, "max_tokens": 4000, "ignore_eos": True, "stream": True}
+        connection.request("POST", CHAT, json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.readline().startswith(b"data: ")  # generation is under way
+        os.kill(python, sig)
+        os.kill(python, sig)
+        with contextlib.suppress(http.client.IncompleteRead):  # stopping at once may cut it
+            response.read()
+        connection.close()
+        _, err = server.process.communicate(timeout=60)
+        assert server.process.returncode in (0, 128 + sig), err
+        assert "Traceback" not in err, err
+        if server.process.returncode:  # the second signal came while shutting down
+            name = signal.Signals(sig).name
+            assert err.splitlines()[-1] == f"gemma: stopped at once ({name} during shutdown)", err
         assert not temp_dir.exists(), "PyInstaller's temporary folder must be removed"
     finally:
         server.close()
