@@ -19,11 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from llamapack.builder.cli import cli
 from llamapack.builder.cross import aarch64, build_cross_stub
-from tests.support.built_file import Server, get_json, run_file
+from tests.support.built_file import Server, build_file, get_json, run_file
 from tests.support.cross import unavailable
 
 pytestmark = [pytest.mark.cross, pytest.mark.e2e]
@@ -42,16 +40,10 @@ def aarch64_stub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_cross_stub("linux-aarch64", log=print).path
 
 
-def _build(gemma_gguf: Path, out: Path, *options: str) -> Path:
-    result = CliRunner().invoke(cli, ["build", str(gemma_gguf), "-o", str(out), *options])
-    assert result.exit_code == 0, result.output
-    return out
-
-
 @pytest.fixture(scope="module")
 def aarch64_file(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path, aarch64_stub: Path) -> Path:
     out = tmp_path_factory.mktemp("dist") / "gemma-aarch64"
-    return _build(gemma_gguf, out, "--target", "linux-aarch64", "--runtime", str(aarch64_stub))
+    return build_file(gemma_gguf, out, "--target", "linux-aarch64", "--runtime", str(aarch64_stub))
 
 
 @pytest.fixture
@@ -75,7 +67,7 @@ def test_greedy_text_is_the_x86_64_text(
     emulated_run = run_file(aarch64_file, *PROMPT, timeout=EMULATED)
     assert emulated_run.returncode == 0, emulated_run.stderr
     assert "Traceback" not in emulated_run.stderr
-    host_file = _build(gemma_gguf, tmp_path / "gemma-x86_64")
+    host_file = build_file(gemma_gguf, tmp_path / "gemma-x86_64")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QEMU_")}
     host_run = subprocess.run([str(host_file), *PROMPT], capture_output=True, text=True, timeout=300, env=env)
     assert host_run.returncode == 0, host_run.stderr

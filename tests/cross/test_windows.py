@@ -27,12 +27,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from llamapack.builder.cli import cli
 from llamapack.builder.cross import build_cross_stub, windows
 from llamapack.builder.targets import WINDOWS_MAX_FILE
-from tests.support.built_file import get_json
+from tests.support.built_file import build_file, get_json
 from tests.support.cross import unavailable
 from tests.support.processes import free_port, stop, wait_healthy
 
@@ -51,18 +49,12 @@ def windows_stub() -> Path:
     return build_cross_stub(TARGET, log=print).path
 
 
-def _build(gemma_gguf: Path, out: Path, *options: str) -> Path:
-    result = CliRunner().invoke(cli, ["build", str(gemma_gguf), "-o", str(out), *options])
-    assert result.exit_code == 0, result.output
-    return out
-
-
 @pytest.fixture(scope="module")
 def windows_file(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path, windows_stub: Path) -> Path:
     folder = tmp_path_factory.mktemp("dist") / "Modèles de test ünd Ω"
     folder.mkdir()
     # No --runtime: `build --target` must find the stub `runtime build --target` cached.
-    return _build(gemma_gguf, folder / "gemma 3 windows.exe", "--target", TARGET)
+    return build_file(gemma_gguf, folder / "gemma 3 windows.exe", "--target", TARGET)
 
 
 def _wine_temp() -> list[Path]:
@@ -119,7 +111,7 @@ def wine_text(windows_file: Path) -> str:
 
 
 def test_greedy_text_is_the_linux_text(wine_text: str, gemma_gguf: Path, tmp_path: Path) -> None:
-    host_file = _build(gemma_gguf, tmp_path / "gemma-linux")
+    host_file = build_file(gemma_gguf, tmp_path / "gemma-linux")
     host_run = subprocess.run([str(host_file), *PROMPT], capture_output=True, text=True, timeout=300)
     assert host_run.returncode == 0, host_run.stderr
     assert wine_text == host_run.stdout
@@ -137,7 +129,7 @@ def test_a_model_over_4_gib_runs_from_beside_the_exe(
     folder = tmp_path / "große Modelle"
     folder.mkdir()
     try:
-        exe = _build(big, folder / "big model.exe", "--target", TARGET)
+        exe = build_file(big, folder / "big model.exe", "--target", TARGET)
         beside = folder / "big model.gguf"
         assert beside.stat().st_size == big.stat().st_size
         assert exe.stat().st_size < WINDOWS_MAX_FILE

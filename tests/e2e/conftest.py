@@ -6,11 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from llamapack.builder.cli import cli
 from llamapack.builder.stub import ensure_stub
-from tests.support.built_file import Server
+from tests.support.built_file import Server, build_file
 
 
 @pytest.fixture(scope="session")
@@ -20,12 +18,7 @@ def runtime_stub() -> Path:
 
 @pytest.fixture(scope="session")
 def gemma_file(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path, runtime_stub: Path) -> Path:
-    out = tmp_path_factory.mktemp("dist") / "gemma"
-    result = CliRunner().invoke(
-        cli, ["build", str(gemma_gguf), "-o", str(out), "--runtime", str(runtime_stub)]
-    )
-    assert result.exit_code == 0, result.output
-    return out
+    return build_file(gemma_gguf, tmp_path_factory.mktemp("dist") / "gemma", "--runtime", str(runtime_stub))
 
 
 @pytest.fixture

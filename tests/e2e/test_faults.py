@@ -66,19 +66,30 @@ def test_200_requests_at_concurrency_16_are_all_answered_and_memory_stays_flat(g
         server.close()
 
 
+def _temp_dir(server: Server) -> Path:
+    """PyInstaller's _MEI folder the running file unpacked its runtime into."""
+    maps = Path(f"/proc/{server.python_pid()}/maps").read_text().splitlines()
+    return next(Path(line.split()[-1]).parent for line in maps if "/_MEI" in line)
+
+
+def _stream_under_way(server: Server) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """A long streamed chat, its first chunk read: generation is under way."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    body = {"messages": HELLO, "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    connection.request("POST", CHAT, json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.readline().startswith(b"data: ")
+    return connection, response
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_a_stream_ends_it_cleanly(gemma_file, sig):
     server = Server(gemma_file)
     try:
         server.wait_healthy()
-        maps = Path(f"/proc/{server.python_pid()}/maps").read_text().splitlines()
-        temp_dir = next(Path(line.split()[-1]).parent for line in maps if "/_MEI" in line)
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        body = {"messages": HELLO, "max_tokens": 4000, "ignore_eos": True, "stream": True}
-        connection.request("POST", CHAT, json.dumps(body), {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        assert response.status == 200
-        assert response.readline().startswith(b"data: ")  # generation is under way
+        temp_dir = _temp_dir(server)
+        connection, response = _stream_under_way(server)
         server.process.send_signal(sig)
         rest = response.read().decode()  # ends: the server closes the stream, not the timeout
         connection.close()
@@ -93,20 +104,16 @@ def test_a_signal_during_a_stream_ends_it_cleanly(gemma_file, sig):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_second_signal_during_shutdown_ends_it_with_one_line(gemma_file, sig):
-    """As `pkill -f` does: the bootloader forwards its signal to the Python process,
-    which also gets its own, while it is still closing the stream."""
+    """As `pkill -f` does: one signal to the bootloader, which forwards it, and one
+    to its Python process, while that is still closing the stream. (Two signals this
+    close together may also arrive as one: then the file exits 0, as for one.)"""
     server = Server(gemma_file)
     try:
         server.wait_healthy()
+        temp_dir = _temp_dir(server)
+        connection, response = _stream_under_way(server)
         python = server.python_pid()
-        maps = Path(f"/proc/{python}/maps").read_text().splitlines()
-        temp_dir = next(Path(line.split()[-1]).parent for line in maps if "/_MEI" in line)
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        body = {"messages": HELLO, "max_tokens": 4000, "ignore_eos": True, "stream": True}
-        connection.request("POST", CHAT, json.dumps(body), {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        assert response.readline().startswith(b"data: ")  # generation is under way
-        os.kill(python, sig)
+        server.process.send_signal(sig)
         os.kill(python, sig)
         with contextlib.suppress(http.client.IncompleteRead):  # stopping at once may cut it
             response.read()

@@ -13,6 +13,17 @@ from typing import Any
 from tests.support.processes import free_port, serving_pid, stop, wait_healthy
 
 
+def build_file(source: Path, out: Path, *options: str) -> Path:
+    """`llamapack build SOURCE -o OUT OPTIONS...`, in process; fails the test on an error."""
+    from click.testing import CliRunner
+
+    from llamapack.builder.cli import cli
+
+    result = CliRunner().invoke(cli, ["build", str(source), "-o", str(out), *options])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def run_file(path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(path), *args], capture_output=True, text=True, timeout=timeout)
 
