@@ -82,3 +82,24 @@ def test_disk_full_leaves_nothing(tmp_path, fake_stub):
         assert leftovers(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_read_only_output_folder_is_one_line_and_leaves_nothing(tmp_path, fake_stub):
+    """A read-only file system (root ignores folder permissions, not a read-only mount)."""
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(frozen)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        source = write_gguf(tmp_path / "m.gguf")
+        result = subprocess.run(
+            llamapack("build", str(source), "-o", str(frozen / "model"), "--runtime", str(fake_stub)),
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert result.stderr.strip() == f"Error: cannot write to {frozen}: Read-only file system"
+        assert leftovers(frozen) == []
+    finally:
+        subprocess.run(["umount", str(frozen)], check=True)
