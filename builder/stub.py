@@ -31,7 +31,7 @@ STUB_NAME = "llamapack-runtime"
 # Shared libraries llama_cpp loads by path (libllama.so, libggml.so) and the
 # sonames those need; PyInstaller has no hook for llama_cpp. The CPU backend is
 # either linked in (libggml-cpu.so.0) or, with GGML_BACKEND_DL, one library per
-# CPU variant that runtime/llama/cpu.py registers: _library_args collects whichever exists.
+# CPU variant that runtime/llama/cpu.py registers: _host_libraries collects whichever exists.
 _LINUX_LIBS = ("libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0")
 _LINUX_CPU_LIB = "libggml-cpu.so.0"
 # Modules PyInstaller would otherwise pull in through optional imports.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
@@ -63,43 +65,41 @@ def test_ctrl_c_mid_build_leaves_nothing(tmp_path, fake_stub):
     assert (source.stat().st_size, source.stat().st_mtime_ns) == before
 
 
-def test_disk_full_leaves_nothing(tmp_path, fake_stub):
-    """A real full filesystem: a 1 MiB tmpfs (needs root, as CI has)."""
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
-                             capture_output=True)  # fmt: skip
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A real small file system mounted at `folder` (needs root, as CI has)."""
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+    )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {mounted.stderr.decode().strip()}")
     try:
-        source = write_gguf(tmp_path / "m.gguf", tensor_elements=1 << 20)  # 4 MiB
-        result = subprocess.run(
-            llamapack("build", str(source), "-o", str(small / "model"), "--runtime", str(fake_stub)),
-            capture_output=True, text=True,
-        )  # fmt: skip
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def build_into(source: Path, out: Path, stub: Path) -> subprocess.CompletedProcess[str]:
+    command = llamapack("build", str(source), "-o", str(out), "--runtime", str(stub))
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def test_disk_full_leaves_nothing(tmp_path, fake_stub):
+    """A real full file system: a 1 MiB tmpfs."""
+    source = write_gguf(tmp_path / "m.gguf", tensor_elements=1 << 20)  # 4 MiB
+    with tmpfs(tmp_path / "small", "size=1m") as small:
+        result = build_into(source, small / "model", fake_stub)
         assert result.returncode == 1
         assert result.stderr.strip() == f"Error: no space left on the device while writing {small / 'model'}"
         assert leftovers(small) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_a_read_only_output_folder_is_one_line_and_leaves_nothing(tmp_path, fake_stub):
     """A read-only file system (root ignores folder permissions, not a read-only mount)."""
-    frozen = tmp_path / "frozen"
-    frozen.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(frozen)],
-                             capture_output=True)  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        source = write_gguf(tmp_path / "m.gguf")
-        result = subprocess.run(
-            llamapack("build", str(source), "-o", str(frozen / "model"), "--runtime", str(fake_stub)),
-            capture_output=True, text=True,
-        )  # fmt: skip
+    source = write_gguf(tmp_path / "m.gguf")
+    with tmpfs(tmp_path / "frozen", "size=1m,ro") as frozen:
+        result = build_into(source, frozen / "model", fake_stub)
         assert result.returncode == 1
         assert result.stderr.strip() == f"Error: cannot write to {frozen}: Read-only file system"
         assert leftovers(frozen) == []
-    finally:
-        subprocess.run(["umount", str(frozen)], check=True)

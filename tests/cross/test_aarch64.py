@@ -14,14 +14,13 @@ import os
 import signal
 import struct
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llamapack.builder.cross import aarch64, build_cross_stub
-from tests.support.built_file import Server, build_file, get_json, run_file
+from tests.support.built_file import Server, build_file, check_chat_and_page, get_json, run_file
 from tests.support.cross import unavailable
 
 pytestmark = [pytest.mark.cross, pytest.mark.e2e]
@@ -106,16 +105,7 @@ def test_serves_health_chat_and_page_and_stops_on_sigterm(server: Server) -> Non
     assert status == 200
     cpu = props["backend"]["cpu"]
     assert cpu["variant"] == EXPECTED_VARIANT, cpu  # runtime/llama/cpu.py's choice under qemu
-    status, answer = get_json(
-        f"{server.url}/v1/chat/completions",
-        {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0},
-        timeout=EMULATED,
-    )
-    assert status == 200, answer
-    assert answer["choices"][0]["message"]["content"].strip()
-    with urllib.request.urlopen(server.url + "/", timeout=60) as response:
-        assert response.status == 200
-        assert "<html" in response.read().decode().lower()
+    check_chat_and_page(server.url, timeout=EMULATED)
     code, err = server.stop(signal.SIGTERM)
     assert code == 0, err
     assert "Traceback" not in err

@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import pytest
 
 from llamapack.builder.cross import build_cross_stub, windows
 from llamapack.builder.targets import WINDOWS_MAX_FILE
-from tests.support.built_file import build_file, get_json
+from tests.support.built_file import build_file, check_chat_and_page, get_json
 from tests.support.cross import unavailable
 from tests.support.processes import free_port, stop, wait_healthy
 
@@ -171,16 +170,7 @@ def test_serves_health_chat_and_page_and_cleans_up_on_close(
     assert _extractions() - before, "the running file unpacked nothing into the Wine temp folder"
     status, health = get_json(f"{url}/health")
     assert status == 200, health
-    status, answer = get_json(
-        f"{url}/v1/chat/completions",
-        {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0},
-        timeout=UNDER_WINE,
-    )
-    assert status == 200, answer
-    assert answer["choices"][0]["message"]["content"].strip()
-    with urllib.request.urlopen(url + "/", timeout=60) as response:
-        assert response.status == 200
-        assert "<html" in response.read().decode().lower()
+    check_chat_and_page(url, timeout=UNDER_WINE)
     os.kill(_python_process(windows_file), signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert "Traceback" not in err

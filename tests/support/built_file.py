@@ -39,6 +39,20 @@ def get_json(url: str, body: dict[str, Any] | None = None, timeout: float = 60) 
         return error.code, json.loads(error.read())
 
 
+def check_chat_and_page(url: str, timeout: float) -> None:
+    """A served file answers a short chat completion and serves the page."""
+    status, answer = get_json(
+        f"{url}/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0},
+        timeout=timeout,
+    )
+    assert status == 200, answer
+    assert answer["choices"][0]["message"]["content"].strip()
+    with urllib.request.urlopen(url + "/", timeout=60) as response:
+        assert response.status == 200
+        assert "<html" in response.read().decode().lower()
+
+
 class Server:
     """A built file serving on a free port, its output kept for the test to read."""
 
