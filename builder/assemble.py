@@ -29,7 +29,7 @@ from llamapack.runtime.fileformat import (
 )
 
 from .atomic import atomic_output
-from .chat_template import choose_chat_template
+from .chat_template import TemplateFile, choose_chat_template
 from .copying import Digests, copy_span, copy_with_digests
 from .errors import OutputError, RuntimeStubError, SourceError, UsageError
 from .gguf_header import GGUFHeader
@@ -47,6 +47,7 @@ class BuildOptions:
     output: Path | None = None
     name: str | None = None
     chat_template: str | None = None
+    chat_template_file: TemplateFile | None = None
     ctx_size: int | None = None
     temperature: float | None = None
     system_prompt: str | None = None
@@ -112,7 +113,7 @@ def check_runtime_args(args: list[str]) -> None:
 
 def build(source: Source, options: BuildOptions, stub: StubInfo) -> BuildResult:
     """Write the file for a resolved source (see `sources.resolve`)."""
-    chat_template = choose_chat_template(source.header, options.chat_template)
+    chat_template = choose_chat_template(source.header, options.chat_template, options.chat_template_file)
     name = options.name or Path(source.file_name).stem
     args = default_args(options, name)
     output = resolve_output(options.output, source, options.target)

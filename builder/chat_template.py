@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from llamapack.runtime.fileformat import ChatTemplateChoice
 
 from .errors import UsageError
@@ -26,8 +28,25 @@ ARCHITECTURE_TEMPLATES = {
 FALLBACK_TEMPLATE = "chatml"
 
 
-def choose_chat_template(header: GGUFHeader, override: str | None) -> ChatTemplateChoice:
-    """The manifest's `chat_template` entry: where the template comes from and its name."""
+@dataclass(frozen=True)
+class TemplateFile:
+    """A Jinja chat template given with --chat-template-file: its name and its text."""
+
+    name: str  # the file's name, as the manifest records it
+    text: str
+
+
+def choose_chat_template(
+    header: GGUFHeader, override: str | None, template_file: TemplateFile | None = None
+) -> ChatTemplateChoice:
+    """The manifest's `chat_template` entry: where the template comes from and its name.
+
+    `override` is a llama.cpp built-in template's name (--chat-template); a template
+    file's text is kept in the manifest, checked first as the runtime will use it."""
+    if override and template_file:
+        raise UsageError("--chat-template and --chat-template-file cannot be used together")
+    if template_file:
+        return _checked_file_template(template_file)
     if override:
         # Loads llama.cpp: only when a template is named.
         from llamapack.runtime.llama.chat_template import builtin_template_names
@@ -45,3 +64,30 @@ def choose_chat_template(header: GGUFHeader, override: str | None) -> ChatTempla
         return ChatTemplateChoice("builtin", name, reason)
     reason = f"the GGUF has no template and {arch} has no known one; using {FALLBACK_TEMPLATE}"
     return ChatTemplateChoice("builtin", FALLBACK_TEMPLATE, reason)
+
+
+class _NoTokens:
+    """A model stand-in for checking a template: no BOS or EOS text is known at build time."""
+
+    bos_text = ""
+    eos_text = ""
+    add_bos = False
+
+    def chat_template(self) -> str | None:
+        return None
+
+
+def _checked_file_template(template_file: TemplateFile) -> ChatTemplateChoice:
+    from llamapack.runtime.llama.chat_template import ChatFormatter, ChatTemplateError
+
+    if not template_file.text.strip():
+        raise UsageError(f"--chat-template-file {template_file.name}: the file is empty")
+    choice = ChatTemplateChoice(
+        "jinja", template_file.name, "chosen with --chat-template-file", text=template_file.text
+    )
+    try:
+        # Compiles the template and renders one user message, as the runtime does at start.
+        ChatFormatter(_NoTokens(), choice)
+    except ChatTemplateError as exc:
+        raise UsageError(f"--chat-template-file {template_file.name}: {exc}") from None
+    return choice

@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from . import progress
 from .errors import LlamapackError, UsageError
 from .mounts import on_noexec_mount
 from .targets import TARGETS
+
+if TYPE_CHECKING:
+    from .chat_template import TemplateFile
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -76,6 +79,19 @@ def cli() -> None:
     """
 
 
+def _template_file(path: Path | None) -> TemplateFile | None:
+    from .chat_template import TemplateFile
+
+    if path is None:
+        return None
+    try:
+        return TemplateFile(path.name, path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"--chat-template-file {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"--chat-template-file {path}: {exc.strerror}") from None
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("source")
 @click.option(
@@ -88,6 +104,10 @@ def cli() -> None:
 @click.option(
     "--chat-template", metavar="NAME",
     help="llama.cpp built-in chat template to use instead of the GGUF's own (e.g. chatml, gemma).",
+)  # fmt: skip
+@click.option(
+    "--chat-template-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+    help="A Jinja chat template to put in the file instead of the GGUF's own.",
 )  # fmt: skip
 @click.option("--ctx-size", type=click.IntRange(min=0), help="Default context size of the file.")
 @click.option("--temp", type=click.FloatRange(min=0), help="Default sampling temperature.")
@@ -110,6 +130,7 @@ def build(
     member: str | None,
     quant: str | None,
     chat_template: str | None,
+    chat_template_file: Path | None,
     ctx_size: int | None,
     temp: float | None,
     system_prompt: str | None,
@@ -131,6 +152,7 @@ def build(
       llamapack build model.gguf -o ~/bin/assistant --name Assistant --ctx-size 4096
       llamapack build hf://ggml-org/gemma-3-270m-GGUF --quant Q4_K_M
       llamapack build models.zip --member phi-3-mini-q4.gguf
+      llamapack build model.gguf --chat-template-file qwen3.jinja
     """
     import shlex
 
@@ -154,6 +176,7 @@ def build(
         output=output,
         name=name,
         chat_template=chat_template,
+        chat_template_file=_template_file(chat_template_file),
         ctx_size=ctx_size,
         temperature=temp,
         system_prompt=system_prompt,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp.llama_cpp as llama
@@ -27,12 +27,22 @@ class BackendOptions:
     chat_template: ChatTemplateChoice
     ctx_size: int = 0  # 0: the model's trained context, capped at defaults.CONTEXT
     parallel: int = 4
+    kv_unified: bool = True  # False: each slot gets an equal share of the context
+    jinja: bool = True  # False: llama.cpp's built-in template nearest the Jinja one (--no-jinja)
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # --chat-template-kwargs
     threads: int | None = None
     n_gpu_layers: int = 0
     verbose: bool = False
     max_queue: int = 64
     embedding: bool = False  # also serve /v1/embeddings (a second, small context)
-    n_predict: int = -1  # most tokens one request may generate, as llama-server's -n; -1: no cap
+    n_predict: int = -1  # tokens a request that sets no limit generates, as llama-server's -n; -1: no limit
+    max_tokens_cap: int | None = None  # most tokens any request may generate, whatever it asks
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    text: str  # as the chat template wrote it (llama-server's /apply-template and __verbose show it)
+    tokens: list[int]
 
 
 EMBEDDING_CTX = 2048
@@ -50,9 +60,15 @@ class Backend:
     def __init__(self, options: BackendOptions):
         init_backend(options.verbose)
         self.n_predict = options.n_predict
+        self.max_tokens_cap = options.max_tokens_cap
         self.model = Model(options.source, n_gpu_layers=options.n_gpu_layers)
         try:
-            self.formatter = ChatFormatter(self.model, options.chat_template)
+            choice = options.chat_template
+            if choice.source == "gguf" and not self.model.chat_template():
+                choice = ChatTemplateChoice("builtin", "chatml", "the GGUF has no chat template")
+            self.formatter = ChatFormatter(
+                self.model, choice, jinja=options.jinja, template_kwargs=options.template_kwargs
+            )
             n_ctx = options.ctx_size or min(self.model.n_ctx_train or defaults.CONTEXT, defaults.CONTEXT)
             self.engine = Engine(
                 self.model,
@@ -60,6 +76,7 @@ class Backend:
                 n_parallel=options.parallel,
                 n_threads=options.threads,
                 max_queue=options.max_queue,
+                kv_unified=options.kv_unified,
             )
             self.embedder: Embedder | None = None
             if options.embedding:
@@ -83,12 +100,26 @@ class Backend:
             self.embedder.close()
         self.model.close()
 
-    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+    def chat_prompt(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> ChatPrompt:
         try:
-            prompt = self.formatter.format(messages)
+            prompt = self.formatter.format(
+                messages,
+                tools=tools,
+                add_generation_prompt=add_generation_prompt,
+                template_kwargs=template_kwargs,
+                continue_final_message=continue_final_message,
+            )
         except ChatTemplateError as exc:
             raise BadRequest(str(exc), "messages") from None
-        return self.model.tokenize(prompt.text, add_special=prompt.add_special)
+        return ChatPrompt(prompt.text, self.model.tokenize(prompt.text, add_special=prompt.add_special))
 
     def text_prompt(self, text: str) -> list[int]:
         return self.model.tokenize(text, add_special=True)
@@ -97,7 +128,7 @@ class Backend:
         return Request(
             prompt=prompt,
             params=generation.sampling,
-            max_tokens=_capped(generation.max_tokens, self.n_predict),
+            max_tokens=_token_limit(generation.max_tokens, self.n_predict, self.max_tokens_cap),
             stop=generation.stop,
             ignore_eos=generation.ignore_eos,
             logprobs=generation.logprobs,
@@ -149,7 +180,9 @@ class Backend:
             request.cancel()
 
 
-def _capped(max_tokens: int | None, n_predict: int) -> int | None:
-    if n_predict < 0:
-        return max_tokens
-    return n_predict if max_tokens is None else min(max_tokens, n_predict)
+def _token_limit(max_tokens: int | None, n_predict: int, cap: int | None) -> int | None:
+    """The request's own limit, else the server's -n (llama-server's rule); then the cap."""
+    limit = max_tokens if max_tokens is not None else (None if n_predict < 0 else n_predict)
+    if cap is None:
+        return limit
+    return cap if limit is None else min(limit, cap)

@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # loaded only when a model is: --help and --version stay fast
 
     from llamapack.runtime.backend import Backend, BackendOptions
 
+# Slots when -np is not given; they share one context (llama-server's "auto").
+DEFAULT_PARALLEL = 4
 PROG = Path(sys.argv[0]).name if getattr(sys, "frozen", False) else "llamapack-runtime"
 
 
@@ -63,18 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--version", action="store_true", help="print versions and exit")
 
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    server.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
-    server.add_argument("--alias", metavar="NAME", help="model id in the API (default: file name)")
     server.add_argument(
-        "-np", "--parallel", type=int, default=4, metavar="N",
-        help="requests decoded together (default: %(default)s)",
+        "--host", default="127.0.0.1",
+        help="address to bind; several separated by commas (default: %(default)s)",
+    )  # fmt: skip
+    server.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    server.add_argument(
+        "-a", "--alias", metavar="NAME[,NAME...]",
+        help="model id in the API (default: file name); several separated by commas",
+    )  # fmt: skip
+    server.add_argument("--tags", metavar="TAG[,TAG...]", help="tags listed with the model in /v1/models")
+    server.add_argument(
+        "-np", "--parallel", type=int, metavar="N",
+        help="requests decoded together; as in llama-server, N given splits the context into N equal "
+        "parts unless --kv-unified (default: 4, sharing the whole context)",
+    )  # fmt: skip
+    server.add_argument(
+        "-kvu", "--kv-unified", action="store_true",
+        help="with -np: every request may use the whole context, shared with the others",
     )  # fmt: skip
     server.add_argument(
         "--max-queue", type=int, default=64, metavar="N",
         help="requests that may wait for a slot; more get 503 (default: %(default)s)",
     )  # fmt: skip
-    server.add_argument("--embedding", action="store_true", help="also serve /v1/embeddings")
+    server.add_argument("--embedding", "--embeddings", action="store_true", help="also serve /v1/embeddings")
     server.add_argument(
         "--api-key", metavar="KEY",
         help="require KEY on every API route (Authorization: Bearer KEY, or x-api-key: KEY); "
@@ -87,13 +101,28 @@ def build_parser() -> argparse.ArgumentParser:
         "when bound to 0.0.0.0 or ::, this machine's host name and any IP address",
     )  # fmt: skip
     server.add_argument(
-        "--cors-origin", metavar="ORIGIN",
+        "--cors-origin", "--cors-origins", metavar="ORIGIN",
         help="let web pages from ORIGIN (e.g. https://app.example) call the API; "
         "by default no other web origin may",
     )  # fmt: skip
     server.add_argument(
         "--max-body", type=int, default=10 * 1024 * 1024, metavar="BYTES",
         help="largest request body; larger ones get 413 (default: %(default)s)",
+    )  # fmt: skip
+    server.add_argument(
+        "--metrics", action="store_true",
+        help="serve /metrics in Prometheus' format, behind --api-key like the rest of the API",
+    )  # fmt: skip
+    server.add_argument(
+        "--slots", action=argparse.BooleanOptionalAction, default=True,
+        help="serve /slots, each slot's state (default: on)",
+    )  # fmt: skip
+    server.add_argument("--no-ui", "--no-webui", dest="ui", action="store_false",
+                        help="serve the API only, no chat page")  # fmt: skip
+    server.add_argument(
+        "--sleep-idle-seconds", type=int, default=-1, metavar="S",
+        help="free the model's memory after S idle seconds; the next request loads it again "
+        "(default: -1, never)",
     )  # fmt: skip
 
     model = parser.add_argument_group("model")
@@ -103,23 +132,83 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"context size in tokens (default: the model's, at most {defaults.CONTEXT})",
     )  # fmt: skip
     model.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: cores)")
-    model.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, metavar="N",
+    model.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=0, metavar="N",
                        help="layers to offload to a GPU (default: 0)")  # fmt: skip
-    model.add_argument("--chat-template", metavar="NAME", help="built-in chat template to use")
+    model.add_argument(
+        "--chat-template", metavar="NAME|JINJA",
+        help="one of llama.cpp's built-in chat templates by name, or a Jinja template's text",
+    )  # fmt: skip
+    model.add_argument("--chat-template-file", metavar="FILE", help="a Jinja chat template to use")
+    model.add_argument(
+        "--chat-template-kwargs", metavar="JSON",
+        help="extra variables for the chat template, under each request's own, e.g. "
+        "'{\"enable_thinking\": false}'",
+    )  # fmt: skip
+    model.add_argument(
+        "--jinja", action=argparse.BooleanOptionalAction, default=True,
+        help="render Jinja chat templates (default: on); --no-jinja applies llama.cpp's built-in "
+        "template that the GGUF's template resembles",
+    )  # fmt: skip
+    model.add_argument(
+        "--reasoning-format", choices=("auto", "deepseek", "deepseek-legacy", "none"), default="auto",
+        help="where a reasoning model's <think> text goes: reasoning_content (auto, deepseek) or "
+        "left in content (none) (default: %(default)s)",
+    )  # fmt: skip
+    model.add_argument(
+        "-rea", "--reasoning", choices=("on", "off", "auto"), default="auto",
+        help="let a reasoning model think first (on), or not (off: the template's enable_thinking "
+        "is false); auto: as the template decides (default: %(default)s)",
+    )  # fmt: skip
     model.add_argument("--system-prompt", metavar="TEXT", help="system message for chats that bring none")
-    model.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
+    model.add_argument("-v", "--verbose", action="store_true",
+                       help="show llama.cpp's log, and each prompt in replies (__verbose)")  # fmt: skip
 
-    sampling = parser.add_argument_group("generation (-p mode)")
+    sampling = parser.add_argument_group(
+        "generation", "defaults for every request that does not set them, and for -p"
+    )
     sampling.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
-                          help="tokens to generate (-p), or the most one request may generate "
-                          "(server); -1 for no limit (default: -1)")  # fmt: skip
+                          help="tokens to generate; -1: until the model ends (default: -1)")  # fmt: skip
     sampling.add_argument("--temp", type=float, default=defaults.TEMPERATURE, metavar="T")
     sampling.add_argument("--top-k", type=int, default=defaults.TOP_K, metavar="K")
     sampling.add_argument("--top-p", type=float, default=defaults.TOP_P, metavar="P")
     sampling.add_argument("--min-p", type=float, default=defaults.MIN_P, metavar="P")
     sampling.add_argument("--repeat-penalty", type=float, default=defaults.REPEAT_PENALTY, metavar="R")
-    sampling.add_argument("-s", "--seed", type=int, default=-1, metavar="N")
+    sampling.add_argument("-s", "--seed", type=int, default=-1, metavar="N", help="-1: random")
+
+    _add_tuning_flags(parser)
     return parser
+
+
+# llama-server's flags that tune what this file already decides for itself: taken
+# (scripts written for llama-server keep working) and otherwise without effect.
+_TUNING_FLAGS: tuple[tuple[tuple[str, ...], bool], ...] = (
+    # (names, takes a value)
+    (("-b", "--batch-size"), True),
+    (("-ub", "--ubatch-size"), True),
+    (("-ctk", "--cache-type-k"), True),
+    (("-ctv", "--cache-type-v"), True),
+    (("-fa", "--flash-attn"), True),
+    (("-cram", "--cache-ram"), True),
+    (("-cb", "--cont-batching"), False),
+    (("--swa-full",), False),
+    (("--no-cache-idle-slots",), False),
+    (("--offline",), False),
+    (("--no-mmap",), False),
+    (("--mlock",), False),
+)
+
+
+def _add_tuning_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "llama-server tuning flags", "accepted for scripts written for llama-server; this file chooses "
+        "these itself (one batch size, a unified KV cache, continuous batching, memory-mapped weights)",
+    )  # fmt: skip
+    for names, takes_value in _TUNING_FLAGS:
+        if takes_value:
+            group.add_argument(*names, metavar="X", dest=f"tuning_{names[-1][2:]}", help=argparse.SUPPRESS)
+        else:
+            group.add_argument(*names, action="store_true", dest=f"tuning_{names[-1][2:]}",
+                               help=argparse.SUPPRESS)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,29 +296,39 @@ def _check_ranges(args: argparse.Namespace) -> None:
         raise CliError("--port must be between 1 and 65535")
     if args.max_body < 1:
         raise CliError("--max-body must be at least 1")
+    if args.sleep_idle_seconds == 0 or args.sleep_idle_seconds < -1:
+        raise CliError("--sleep-idle-seconds must be -1 (never) or at least 1")
 
 
 def _backend_options(args: argparse.Namespace, layout: Layout | None) -> BackendOptions:
     from llamapack.runtime.backend import BackendOptions
+    from llamapack.runtime.llama.chat_template import user_template_choice
     from llamapack.runtime.llama.model import ModelSource
 
     if args.model:
         source = ModelSource(Path(args.model))
         if not source.path.is_file():
             raise CliError(f"no such model file: {args.model}")
-        template = ChatTemplateChoice("builtin", "chatml")
+        template = ChatTemplateChoice("gguf", "gguf")  # chatml when the GGUF has none
     elif layout is not None:
         source = ModelSource(layout.model_path, layout.model_offset)
         template = layout.manifest.chat_template
     else:
         raise CliError("no model: pass -m FILE.gguf (this runtime has none inside)")
+    if args.chat_template and args.chat_template_file:
+        raise CliError("--chat-template and --chat-template-file cannot be used together")
     if args.chat_template:
-        template = ChatTemplateChoice("builtin", args.chat_template)
+        template = user_template_choice(args.chat_template, "chosen with --chat-template")
+    if args.chat_template_file:
+        template = _template_file(args.chat_template_file)
     return BackendOptions(
         source=source,
         chat_template=template,
         ctx_size=args.ctx_size,
-        parallel=1 if args.prompt is not None else args.parallel,
+        parallel=1 if args.prompt is not None else (args.parallel or DEFAULT_PARALLEL),
+        kv_unified=args.parallel is None or args.kv_unified,
+        jinja=args.jinja,
+        template_kwargs=_template_kwargs(args.chat_template_kwargs, args.reasoning),
         threads=args.threads or physical_cores(),
         n_gpu_layers=args.n_gpu_layers,
         verbose=args.verbose,
@@ -237,6 +336,30 @@ def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Backend
         embedding=args.embedding and args.prompt is None,
         n_predict=args.n_predict,
     )
+
+
+def _template_file(name: str) -> ChatTemplateChoice:
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise CliError(f"cannot read --chat-template-file {name}: {reason}") from None
+    return ChatTemplateChoice("jinja", Path(name).name, "chosen with --chat-template-file", text=text)
+
+
+def _template_kwargs(value: str | None, reasoning: str) -> dict[str, object]:
+    """--chat-template-kwargs, with --reasoning on/off as `enable_thinking` (llama-server's)."""
+    thinking: dict[str, object] = {} if reasoning == "auto" else {"enable_thinking": reasoning == "on"}
+    if not value:
+        return thinking
+    problem = "--chat-template-kwargs must be a JSON object, e.g. '{\"enable_thinking\": false}'"
+    try:
+        kwargs = json.loads(value)
+    except ValueError:
+        raise CliError(problem) from None
+    if not isinstance(kwargs, dict):
+        raise CliError(problem)
+    return {**thinking, **kwargs}
 
 
 def physical_cores() -> int:
@@ -311,20 +434,27 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
     from llamapack.runtime.server.app import ServerConfig, create_app
     from llamapack.runtime.server.guard import is_loopback
 
-    sock = _bind(args.host, args.port)
-    if not args.api_key and not is_loopback(args.host):
+    hosts = _hosts(args.host)
+    sockets = [_bind(host, args.port) for host in hosts]
+    exposed = [host for host in hosts if not is_loopback(host)]
+    if not args.api_key and exposed:
         print(
-            f"{PROG}: WARNING: listening on {args.host} without --api-key: anyone who can reach this "
+            f"{PROG}: WARNING: listening on {exposed[0]} without --api-key: anyone who can reach this "
             "machine can use the model; pass --api-key KEY or bind 127.0.0.1",
             file=sys.stderr, flush=True,
         )  # fmt: skip
-    host_for_url = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    url = f"http://{host_for_url}:{sock.getsockname()[1]}/"
-    name = args.alias or _default_alias(options, layout)
+    host_for_url = "127.0.0.1" if hosts[0] in ("0.0.0.0", "::") else hosts[0]
+    if ":" in host_for_url:
+        host_for_url = f"[{host_for_url}]"
+    url = f"http://{host_for_url}:{sockets[0].getsockname()[1]}/"
+    aliases = _names(args.alias) or (_default_alias(options, layout),)
+    # llama-server's rule: the id is the first alias in sorted order.
+    name = sorted(aliases)[0]
 
     def on_ready() -> None:
-        print(f"{PROG}: ready: chat at {url} (API at {url}v1)", file=sys.stderr, flush=True)
-        if not args.nobrowser:
+        where = f"chat at {url} (API at {url}v1)" if args.ui else f"API at {url}v1"
+        print(f"{PROG}: ready: {where}", file=sys.stderr, flush=True)
+        if not args.nobrowser and args.ui:
             webbrowser.open(url)
 
     load_errors: list[str] = []
@@ -334,25 +464,45 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
         load_errors.append(message)
         os.kill(os.getpid(), signal.SIGINT)
 
+    wildcard = next((host for host in hosts if host in ("0.0.0.0", "::")), hosts[0])
     config = ServerConfig(
         load_backend=lambda: announce_engine(Backend(options)),
         model_alias=name,
+        model_aliases=tuple(sorted(aliases)),
+        model_tags=_names(args.tags),
+        model_path=_model_path(options, layout),
         manifest=layout.manifest if layout else None,
         on_ready=on_ready,
         on_load_error=on_load_error,
         api_key=args.api_key,
         max_body=args.max_body,
-        bind_host=args.host,
-        allow_hosts=tuple(args.allow_host),
+        bind_host=wildcard,
+        allow_hosts=(*args.allow_host, *(host for host in hosts if host != wildcard)),
         cors_origin=args.cors_origin,
+        metrics=args.metrics,
+        slots=args.slots,
+        ui=args.ui,
+        request_defaults=_request_defaults(args),
+        reasoning_format=args.reasoning_format,
+        system_prompt=args.system_prompt,
+        sleep_idle_seconds=args.sleep_idle_seconds,
+        verbose=args.verbose,
     )
     print(f"{PROG}: loading {name}, serving on {url}", file=sys.stderr, flush=True)
     # SIGTERM and SIGINT end the server alike: in-flight streams close and the
     # process exits 0, so PyInstaller's bootloader removes its temporary folder.
     loop = asyncio.new_event_loop()
     _stop_on_signals(loop)
+    # handler_cancellation: a client that hangs up on a non-streamed request
+    # cancels its handler, which cancels the generation and frees the slot.
     web.run_app(
-        create_app(config), sock=sock, print=None, handle_signals=False, shutdown_timeout=5, loop=loop
+        create_app(config),
+        sock=sockets,
+        print=None,
+        handle_signals=False,
+        shutdown_timeout=5,
+        loop=loop,
+        handler_cancellation=True,
     )
     if load_errors:
         raise CliError(f"could not load the model: {load_errors[0]}")
@@ -390,6 +540,38 @@ def announce_engine(backend: Backend) -> Backend:
     for warning in report.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
     return backend
+
+
+def _hosts(value: str) -> list[str]:
+    hosts = [host.strip().strip("[]") for host in value.split(",") if host.strip()]
+    if not hosts:
+        raise CliError("--host needs an address")
+    return list(dict.fromkeys(hosts))
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    """--alias and --tags: comma-separated, each once."""
+    if not value:
+        return ()
+    return tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+
+
+def _request_defaults(args: argparse.Namespace) -> dict[str, object]:
+    """The generation flags, as the request fields they stand in for."""
+    return {
+        "temperature": args.temp,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "repeat_penalty": args.repeat_penalty,
+        "seed": args.seed,
+    }
+
+
+def _model_path(options: BackendOptions, layout: Layout | None) -> str:
+    if layout is not None and not layout.external:
+        return f"{layout.path}/{layout.model_name}"  # a member of the file's ZIP
+    return str(options.source.path)
 
 
 def _default_alias(options: BackendOptions, layout: Layout | None) -> str:

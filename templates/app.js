@@ -723,7 +723,7 @@ function renderModelInfo() {
     ["Trained context", model.context_length && `${model.context_length} tokens`],
     ["Context in use", props.n_ctx && `${props.n_ctx} tokens`],
     ["Parallel slots", props.total_slots],
-    ["Chat template", props.chat_template],
+    ["Chat template", props.chat_template_name ?? props.chat_template],
   ];
   const nodes = [];
   for (const [label, value] of rows) {

@@ -81,7 +81,7 @@ def test_a_wrong_call_from_builder_into_runtime_fails_the_type_check(tmp_path: P
     """With the runtime unresolved, every builder→runtime import would be `Any` and
     this call would pass. `make typecheck` is what `make lint` runs."""
     copy = tmp_path / "checkout"
-    for part in ("builder", "runtime", "templates", "tests", "bench", "docs"):
+    for part in ("builder", "runtime", "templates", "tests", "bench", "docs", "compat"):
         shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__", "work"))
     for name in ("pyproject.toml", "Makefile"):
         shutil.copy2(ROOT / name, copy / name)

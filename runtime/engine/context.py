@@ -27,6 +27,7 @@ class Context:
         n_threads: int | None,
         n_batch: int,
         swa_full: bool,
+        kv_unified: bool = True,
     ) -> None:
         self.model = model
         params = llama.llama_context_default_params()
@@ -34,9 +35,10 @@ class Context:
         params.n_batch = n_batch
         params.n_ubatch = min(512, n_batch)
         params.n_seq_max = n_parallel
-        # One pool for all slots, as llama-server does: a single long
-        # conversation may use the whole context while others are idle.
-        params.kv_unified = True
+        # One pool for all slots, as llama-server's default: a single long
+        # conversation may use the whole context while others are idle. Not
+        # unified, each slot gets an equal share (llama-server with -np N).
+        params.kv_unified = kv_unified
         params.swa_full = swa_full
         params.no_perf = True
         if n_threads:
@@ -46,6 +48,7 @@ class Context:
         if not self.pointer:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
         self.n_ctx = int(llama.llama_n_ctx(self.pointer))
+        self.n_ctx_slot = int(llama.llama_n_ctx_seq(self.pointer))  # what one sequence may use
         self.n_batch = n_batch
         self.n_threads = int(params.n_threads)
         # With a sliding window the cache keeps only the last n_swa positions

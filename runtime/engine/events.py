@@ -19,6 +19,13 @@ class RequestError(ValueError):
     """The request cannot be served as asked (prompt too long, bad grammar, ...)."""
 
 
+class PromptTooLong(RequestError):
+    def __init__(self, n_prompt_tokens: int, n_ctx: int):
+        super().__init__(f"the prompt is {n_prompt_tokens} tokens, and the context holds {n_ctx}")
+        self.n_prompt_tokens = n_prompt_tokens
+        self.n_ctx = n_ctx
+
+
 class QueueFullError(Exception):
     """Every slot is busy and the waiting queue is full."""
 
@@ -54,17 +61,19 @@ class Usage:
             "prompt_per_second": _per_second(prompt_n, self.prompt_ms),
             "predicted_n": self.completion_tokens,
             "predicted_ms": self.predicted_ms,
-            "predicted_per_token_ms": _per_token(self.predicted_ms, self.completion_tokens),
-            "predicted_per_second": _per_second(self.completion_tokens, self.predicted_ms),
+            # The first token comes from the prompt's last batch, not from a decode
+            # step of its own: llama-server's rates leave it out.
+            "predicted_per_token_ms": _per_token(self.predicted_ms, self.completion_tokens - 1),
+            "predicted_per_second": _per_second(self.completion_tokens - 1, self.predicted_ms),
         }
 
 
 def _per_second(count: int, ms: float) -> float:
-    return count / ms * 1000.0 if ms > 0 else 0.0
+    return count / ms * 1000.0 if ms > 0 and count > 0 else 0.0
 
 
 def _per_token(ms: float, count: int) -> float:
-    return ms / count if count else 0.0
+    return ms / count if count > 0 else 0.0
 
 
 @dataclass

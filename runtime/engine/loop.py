@@ -31,7 +31,14 @@ import traceback
 
 from llamapack.runtime.engine.batch import plan_batch
 from llamapack.runtime.engine.context import Context
-from llamapack.runtime.engine.events import EngineStopped, Event, QueueFullError, Request, RequestError
+from llamapack.runtime.engine.events import (
+    EngineStopped,
+    Event,
+    PromptTooLong,
+    QueueFullError,
+    Request,
+    RequestError,
+)
 from llamapack.runtime.engine.run import Run
 from llamapack.runtime.engine.sampling import Sampler, token_logprob
 from llamapack.runtime.engine.slots import Slot, evict_idle, pick_slot, reuse_prefix
@@ -51,12 +58,13 @@ class Engine:
         n_batch: int = 2048,
         max_queue: int = 64,
         swa_full: bool = False,
+        kv_unified: bool = True,
     ):
         self.model = model
         self.n_parallel = n_parallel
         self.max_queue = max_queue
-        self.context = Context(model, n_ctx, n_parallel, n_threads, n_batch, swa_full)
-        self.n_ctx = self.context.n_ctx
+        self.context = Context(model, n_ctx, n_parallel, n_threads, n_batch, swa_full, kv_unified)
+        self.n_ctx = self.context.n_ctx_slot  # the most one request may use: prompt and reply
         self.n_threads = self.context.n_threads
         self.slots = [Slot(i) for i in range(n_parallel)]
         self.stats = EngineStats()  # written by the engine thread, read by /metrics
@@ -71,9 +79,7 @@ class Engine:
 
     def submit(self, request: Request) -> None:
         if len(request.prompt) >= self.n_ctx:
-            raise RequestError(
-                f"the prompt is {len(request.prompt)} tokens, and the context holds {self.n_ctx}"
-            )
+            raise PromptTooLong(len(request.prompt), self.n_ctx)
         if not request.prompt:
             raise RequestError("the prompt is empty")
         if request.sampler is None:
@@ -202,6 +208,7 @@ class Engine:
         if not plan.tokens:
             return
         status = self.context.decode(plan.tokens)
+        self.stats.record_decode(len(plan.tokens), len(active))
         if status == 1 and evict_idle(self.slots, self.context):
             status = self.context.decode(plan.tokens)
         if status != 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp.llama_cpp as llama
@@ -37,6 +37,9 @@ class SamplingParams:
     frequency_penalty: float = defaults.FREQUENCY_PENALTY
     seed: int | None = None
     grammar: str | None = None  # GBNF; sampling keeps to it
+    logit_bias: list[tuple[int, float]] = field(
+        default_factory=list
+    )  # added to a token's logit; -inf bans it
 
 
 class Sampler:
@@ -104,6 +107,12 @@ def _chain(params: SamplingParams, n_vocab: int) -> Any:
 
     def add(sampler: Any) -> None:
         llama.llama_sampler_chain_add(chain, sampler)
+
+    if params.logit_bias:  # first, as in llama-server's chain: greedy sampling obeys it too
+        biases = (llama.llama_logit_bias * len(params.logit_bias))(
+            *(llama.llama_logit_bias(token, bias) for token, bias in params.logit_bias)
+        )
+        add(llama.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))
 
     if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
         add(

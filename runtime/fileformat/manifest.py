@@ -302,20 +302,27 @@ def provenance_from_json(value: object) -> Provenance:
 # ------------------------------------------------------------ settings
 
 
-TemplateSource = Literal["gguf", "builtin"]
+TemplateSource = Literal["gguf", "builtin", "jinja"]
 
 
 @dataclass(frozen=True)
 class ChatTemplateChoice:
-    """Which chat template turns messages into a prompt: the GGUF's own, or one of
-    llama.cpp's built-in ones by name; and why it was chosen."""
+    """Which chat template turns messages into a prompt, and why it was chosen: the
+    GGUF's own, one of llama.cpp's built-in ones by name, or a Jinja template given
+    at build time, whose text the manifest carries. Files from before "jinja" read
+    unchanged; an older llamapack refuses a "jinja" file in one line."""
 
     source: TemplateSource
-    name: str  # "gguf" for the GGUF's own
+    name: str  # "gguf" for the GGUF's own; the built-in's name; where a Jinja text came from
     reason: str | None = None  # every built file says why; a `-m` run has no reason
+    text: str | None = None  # the Jinja source: for "jinja" only
+
+    def __post_init__(self) -> None:
+        if (self.source == "jinja") != (self.text is not None):
+            raise ValueError("a chat template's text goes with source 'jinja', and only with it")
 
     def to_json(self) -> JSONObject:
-        return {"source": self.source, "name": self.name} | _without_none(reason=self.reason)
+        return {"source": self.source, "name": self.name} | _without_none(reason=self.reason, text=self.text)
 
     @classmethod
     def from_json(cls, value: object) -> ChatTemplateChoice:
@@ -325,7 +332,9 @@ class ChatTemplateChoice:
             return cls("gguf", fields.text("name"), fields.optional_text("reason"))
         if source == "builtin":
             return cls("builtin", fields.text("name"), fields.optional_text("reason"))
-        raise FormatError(f"manifest.json's chat_template.source {source!r} is not gguf or builtin")
+        if source == "jinja":
+            return cls("jinja", fields.text("name"), fields.optional_text("reason"), fields.text("text"))
+        raise FormatError(f"manifest.json's chat_template.source {source!r} is not gguf, builtin or jinja")
 
 
 @dataclass(frozen=True)

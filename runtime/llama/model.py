@@ -235,11 +235,13 @@ class Model:
 
     @property
     def bos_text(self) -> str:
-        return self.token_text(llama.llama_vocab_bos(self.vocab))
+        token = llama.llama_vocab_bos(self.vocab)
+        return self.token_text(token) if token >= 0 else ""  # -1: the vocabulary has none
 
     @property
     def eos_text(self) -> str:
-        return self.token_text(llama.llama_vocab_eos(self.vocab))
+        token = llama.llama_vocab_eos(self.vocab)
+        return self.token_text(token) if token >= 0 else ""
 
 
 class TextDecoder:

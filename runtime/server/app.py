@@ -22,8 +22,17 @@ from aiohttp import web, web_fileresponse
 from aiohttp.typedefs import Handler
 
 from llamapack.runtime import __version__
-from llamapack.runtime.engine.events import EngineStopped, QueueFullError, RequestError
-from llamapack.runtime.server import guard, llamacpp_routes, openai_routes, openapi
+from llamapack.runtime.engine.events import EngineStopped, PromptTooLong, QueueFullError, RequestError
+from llamapack.runtime.server import (
+    anthropic_routes,
+    guard,
+    llamacpp_routes,
+    openai_routes,
+    openapi,
+    responses_routes,
+    sleep,
+)
+from llamapack.runtime.server.anthropic import ImageInputUnsupported
 from llamapack.runtime.server.common import (
     CONFIG,
     STATE,
@@ -55,7 +64,8 @@ _PERMISSIONS = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 
 def create_app(config: ServerConfig) -> web.Application:
     app = web.Application(
-        client_max_size=config.max_body, middlewares=[_errors_middleware, *guard.middlewares(config)]
+        client_max_size=config.max_body,
+        middlewares=[_errors_middleware, *guard.middlewares(config), sleep.wake_middleware],
     )
     app[CONFIG] = config
     app[STATE] = State()
@@ -65,11 +75,16 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_get("/openapi.json", openapi_document)
     openai_routes.add_routes(app)
     llamacpp_routes.add_routes(app)
+    anthropic_routes.add_routes(app)
+    responses_routes.add_routes(app)
     add_metrics_routes(app)  # /metrics, /slots and the request counter
-    app.router.add_get("/", index)
-    app[UI_DIR] = config.ui_dir or Path(str(resources.files("llamapack.templates")))
-    app.router.add_static("/static/", app[UI_DIR], follow_symlinks=False)
+    if config.ui:
+        app.router.add_get("/", index)
+        app[UI_DIR] = config.ui_dir or Path(str(resources.files("llamapack.templates")))
+        app.router.add_static("/static/", app[UI_DIR], follow_symlinks=False)
     app.on_startup.append(_start_loading)
+    if config.sleep_idle_seconds > 0:
+        sleep.add_sleeper(app, config.sleep_idle_seconds)
     app.on_shutdown.append(_end_requests)
     app.on_cleanup.append(_close_backend)
     app.on_response_prepare.append(_security_headers)
@@ -134,8 +149,14 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Every failure leaves as OpenAI's error object with the matching status."""
     try:
         return await handler(request)
+    except ImageInputUnsupported as exc:  # llama-server's status for a model without vision
+        return error_response(500, str(exc), "server_error", exc.param)
     except BadRequest as exc:
         return error_response(400, str(exc), "invalid_request_error", exc.param)
+    except PromptTooLong as exc:  # llama-server's error, with its two numbers
+        return error_response(
+            400, str(exc), "exceed_context_size_error", n_prompt_tokens=exc.n_prompt_tokens, n_ctx=exc.n_ctx
+        )
     except RequestError as exc:
         return error_response(400, str(exc), "invalid_request_error")
     except NotServed as exc:
@@ -168,6 +189,8 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.sleeping:
+        return web.json_response({"status": "ok"})  # a request will load the model again
     if state.backend is not None and state.backend.engine.failure:
         return web.json_response({"status": "error", "error": state.backend.engine.failure}, status=503)
     if state.backend is not None:
@@ -182,24 +205,28 @@ async def props(request: web.Request) -> web.Response:
     backend = request.app[STATE].backend
     body: dict[str, Any] = {
         "model_alias": config.model_alias,
+        "model_path": config.model_path,
         "manifest": config.manifest.to_json() if config.manifest else {},
         "build_info": f"llamapack {__version__}, llama-cpp-python {llama_cpp.__version__}",
         "system_info": llama.llama_print_system_info().decode(errors="replace").strip(),
         "modalities": {"vision": False, "audio": False},
+        "is_sleeping": request.app[STATE].sleeping,
     }
     if backend is not None:
         engine = backend.engine
         body.update(
             n_ctx=engine.n_ctx,
             total_slots=engine.n_parallel,
-            chat_template=backend.formatter.label,
+            chat_template=backend.formatter.source_text or backend.formatter.name,  # llama-server's
+            chat_template_name=backend.formatter.label,  # what the page shows
+            chat_template_caps=backend.formatter.caps.to_json(),
             bos_token=backend.model.bos_text,
             eos_token=backend.model.eos_text,
             embeddings=backend.embedder is not None,
             backend=backend.engine_report.as_dict(),  # devices, CPU variant, llama.cpp build
             default_generation_settings={
                 "n_ctx": engine.n_ctx,
-                "params": llamacpp_routes.generation_settings(),
+                "params": llamacpp_routes.generation_settings(defaults=config.request_defaults),
             },
         )
     return web.json_response(body)

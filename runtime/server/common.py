@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from aiohttp import web
 
 from llamapack.runtime.backend import Backend
 from llamapack.runtime.engine.events import Event
+from llamapack.runtime.engine.stats import EngineStats
 from llamapack.runtime.fileformat import Manifest
 from llamapack.runtime.server.requests import BadRequest
 
@@ -20,8 +21,11 @@ from llamapack.runtime.server.requests import BadRequest
 @dataclass
 class ServerConfig:
     load_backend: Callable[[], Backend]
-    model_alias: str
+    model_alias: str  # the model's id in the API
     manifest: Manifest | None = None  # None when serving a GGUF given with -m
+    model_aliases: tuple[str, ...] = ()  # every name the model answers to (--alias a,b), id included
+    model_tags: tuple[str, ...] = ()
+    model_path: str = ""  # the GGUF (inside a built file: FILE/MEMBER, as in a ZIP path)
     max_body: int = 10 * 1024 * 1024
     on_ready: Callable[[], None] | None = None
     on_load_error: Callable[[str], None] | None = None
@@ -33,6 +37,16 @@ class ServerConfig:
     bind_host: str = "127.0.0.1"
     allow_hosts: tuple[str, ...] = ()
     cors_origin: str | None = None  # the one foreign web origin that may call the API
+    metrics: bool = False  # serve /metrics (--metrics)
+    slots: bool = True  # serve /slots
+    ui: bool = True  # serve the chat page
+    # Server-wide defaults for the request fields a request leaves out (--temp,
+    # --seed, ...), by request field name, as llama-server applies its flags.
+    request_defaults: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = None  # the system message of chats that bring none (--system-prompt)
+    reasoning_format: str = "auto"  # where <think> text goes, unless a request says (--reasoning-format)
+    sleep_idle_seconds: float = -1  # free the model after this long unused; -1: never
+    verbose: bool = False  # replies carry `__verbose` (the prompt as the model saw it), as llama-server's
 
 
 @dataclass
@@ -42,6 +56,8 @@ class State:
     backend: Backend | None = None
     load_error: str | None = None
     loader: asyncio.Task[None] | None = None
+    sleeping: bool = False  # the model was freed after --sleep-idle-seconds; a request loads it again
+    stats: EngineStats | None = None  # the engine's counters, kept while it sleeps
 
 
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", ServerConfig)
@@ -56,8 +72,10 @@ class NotServed(Exception):
     """A feature this server was not started with (embeddings without --embedding)."""
 
 
-def error_response(status: int, message: str, kind: str, param: str | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+def error_response(
+    status: int, message: str, kind: str, param: str | None = None, **details: Any
+) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status, **details}}
     return web.json_response(body, status=status)
 
 
@@ -150,19 +168,36 @@ async def collect(events: AsyncIterator[Event]) -> tuple[str, Event, list[Event]
     return "".join(e.text for e in parts), last, parts
 
 
-async def started(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+class StartedEvents:
+    """A request's events once its first has come; `aclose` cancels the request,
+    whether or not anyone has read on."""
+
+    def __init__(self, first: Event, rest: AsyncGenerator[Event, None]):
+        self._first: Event | None = first
+        self._ended = first.finish_reason is not None
+        self._rest = rest
+
+    def __aiter__(self) -> StartedEvents:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        if self._ended:
+            raise StopAsyncIteration
+        return await anext(self._rest)
+
+    async def aclose(self) -> None:
+        await self._rest.aclose()
+
+
+async def started(events: AsyncGenerator[Event, None]) -> StartedEvents:
     """Wait for the first event, so a refused request fails before any byte is sent."""
     first = await anext(events)
     if first.error and first.finish_reason is not None:
         raise EngineFailure(first.error)  # nothing was generated: a plain error, not a stream
-
-    async def chain() -> AsyncIterator[Event]:
-        yield first
-        if first.finish_reason is None:
-            async for event in events:
-                yield event
-
-    return chain()
+    return StartedEvents(first, events)
 
 
 def openai_usage(event: Event) -> dict[str, Any]:
@@ -185,33 +220,37 @@ def sse_response() -> web.StreamResponse:
     )
 
 
-async def stream_events(
-    request: web.Request,
-    events: AsyncIterator[Event],
-    chunk: Callable[[Event], dict[str, Any]],
-    closing: Callable[[Event], list[dict[str, Any]]],
-    opening: dict[str, Any] | None = None,
-    done_marker: bool = True,
+async def send_chunks(
+    request: web.Request, chunks: AsyncIterator[dict[str, Any]], done_marker: bool = True
 ) -> web.StreamResponse:
-    """Server-sent events: `opening`, one `chunk` per event with text, the `closing`
-    chunks made from the last event, then OpenAI's `[DONE]`. A client that leaves
-    ends it quietly: the caller's `aclose` of `events` cancels the request."""
+    """Server-sent events, one per object of `chunks`, then OpenAI's `[DONE]`. A client
+    that leaves ends it quietly, and closing `chunks` cancels what runs."""
     response = sse_response()
-    await response.prepare(request)
     try:
-        if opening is not None:
-            await send_event(response, opening)
-        last = Event()
-        async for event in events:
-            last = event
-            if event.text:
-                await send_event(response, chunk(event))
-        for payload in closing(last):
+        await response.prepare(request)
+        async for payload in chunks:
             await send_event(response, payload)
         if done_marker:
             await response.write(b"data: [DONE]\n\n")
     except ConnectionError:
         pass
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    return response
+
+
+async def send_sse(request: web.Request, events: AsyncIterator[bytes]) -> web.StreamResponse:
+    """Server-sent events already encoded (Anthropic's and OpenAI Responses' name each
+    event); closing `events` cancels what runs, also when the client leaves."""
+    response = sse_response()
+    try:
+        await response.prepare(request)
+        async for data in events:
+            await response.write(data)
+    except ConnectionError:
+        pass
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
     return response
 
 

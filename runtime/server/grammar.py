@@ -11,7 +11,7 @@ from typing import Any
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from llamapack.runtime.server.requests import BadRequest, ResponseFormat
+from llamapack.runtime.server.requests import BadRequest, GenerationRequest, ResponseFormat
 
 
 def schema_grammar(schema: dict[str, Any], param: str) -> str:
@@ -41,3 +41,12 @@ def native_grammar(grammar: str | None, json_schema: dict[str, Any] | None) -> s
     if json_schema is not None:
         return schema_grammar(json_schema, "json_schema")
     return None
+
+
+def request_grammar(request: GenerationRequest) -> str | None:
+    """The grammar a request asks for: OpenAI's response_format where the route has
+    it and it is not plain text, else llama-server's grammar or json_schema fields."""
+    response_format = getattr(request, "response_format", None)
+    if response_format is not None and response_format.type != "text":
+        return response_format_grammar(response_format)
+    return native_grammar(request.grammar, request.json_schema)

@@ -7,22 +7,23 @@ answer shapes (content, stop, timings, tokens_predicted, stop_type, ...).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from llamapack.runtime.engine.events import Event, TokenLogprob
+from llamapack.runtime.server import chat
 from llamapack.runtime.server.common import (
     CONFIG,
     backend_of,
     collect,
     json_body,
     piece_text,
-    started,
-    stream_events,
+    send_chunks,
 )
-from llamapack.runtime.server.grammar import native_grammar
-from llamapack.runtime.server.openai_routes import known_tokens, prompt_tokens
+from llamapack.runtime.server.generation import close_all, merge, start_all
+from llamapack.runtime.server.grammar import request_grammar
 from llamapack.runtime.server.requests import (
     DetokenizeRequest,
     Generation,
@@ -31,11 +32,13 @@ from llamapack.runtime.server.requests import (
     TokenizeRequest,
     parse,
 )
+from llamapack.runtime.server.tokens import known_tokens, prompt_tokens, token_biases
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/completion", completion)
     app.router.add_post("/completions", completion)
+    app.router.add_post("/apply-template", apply_template)
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/detokenize", detokenize)
 
@@ -45,18 +48,18 @@ async def completion(request: web.Request) -> web.StreamResponse:
     if body.get("prompt") is None:
         # llama.cpp's older name for it: taken, though the schema asks for prompt
         body["prompt"] = body.get("content")
-    completion = parse(body, LlamaCompletionRequest)
+    completion = parse(body, LlamaCompletionRequest, request.app[CONFIG].request_defaults)
     generation = completion.generation()
-    generation.sampling.grammar = native_grammar(completion.grammar, completion.json_schema)
+    generation.sampling.grammar = request_grammar(completion)
     backend = backend_of(request)
-    prompt = await asyncio.to_thread(prompt_tokens, backend, completion.prompt)
+    generation.sampling.logit_bias = token_biases(backend, completion.bias_entries())
+    prompts = await asyncio.to_thread(prompt_tokens, backend, completion.prompt)
     alias = request.app[CONFIG].model_alias
-    events = backend.generate(prompt, generation)
 
-    def final(content: str, last: Event, parts: list[Event]) -> dict[str, Any]:
+    def final(index: int, content: str, last: Event, parts: list[Event]) -> dict[str, Any]:
         usage = last.usage
         reply: dict[str, Any] = {
-            "index": 0,
+            "index": index,
             "content": content,
             "tokens": [],
             "id_slot": -1,
@@ -79,32 +82,38 @@ async def completion(request: web.Request) -> web.StreamResponse:
             reply["error"] = {"message": last.error, "type": "server_error"}
         return reply
 
+    produced = await start_all(backend, prompts, generation)
     try:
-        produced = await started(events)
         if not completion.stream:
-            text, last, parts = await collect(produced)
-            return web.json_response(final(text, last, parts))
+            results = await asyncio.gather(*(collect(events) for events in produced))
+            replies = [final(i, text, last, parts) for i, (text, last, parts) in enumerate(results)]
+            # One prompt, one object; several, a list of them (llama-server's shapes).
+            return web.json_response(replies[0] if len(replies) == 1 else replies)
 
-        def chunk(event: Event) -> dict[str, Any]:
-            piece: dict[str, Any] = {
-                "index": 0, "content": event.text, "tokens": [], "stop": False, "id_slot": -1,
-            }  # fmt: skip
-            if generation.logprobs is not None:
-                piece["completion_probabilities"] = _probabilities([event])
-            return piece
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            async for index, event in merge(produced):
+                if event.text:
+                    piece: dict[str, Any] = {
+                        "index": index, "content": event.text, "tokens": [], "stop": False, "id_slot": -1,
+                    }  # fmt: skip
+                    if generation.logprobs is not None:
+                        piece["completion_probabilities"] = _probabilities([event])
+                    yield piece
+                if event.finish_reason is not None:
+                    yield final(index, "", event, [])
 
-        def closing(last: Event) -> list[dict[str, Any]]:
-            return [final("", last, [])]
-
-        return await stream_events(request, produced, chunk, closing, done_marker=False)
+        return await send_chunks(request, chunks(), done_marker=False)
     finally:
-        await events.aclose()
+        await close_all(produced)
 
 
-def generation_settings(generation: Generation | None = None) -> dict[str, Any]:
-    """The sampling parameters, named as llama-server names them."""
+def generation_settings(
+    generation: Generation | None = None, defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The sampling parameters, named as llama-server names them: a request's, or
+    the server's defaults."""
     if generation is None:
-        generation = GenerationRequest().generation()
+        generation = parse({}, GenerationRequest, defaults).generation()
     sampling = generation.sampling
     return {
         "n_predict": -1 if generation.max_tokens is None else generation.max_tokens,
@@ -137,6 +146,12 @@ def _probabilities(events: list[Event]) -> list[dict[str, Any]]:
             row["top_logprobs"] = [entry(t, p, lp) for t, p, lp in item.top]
             rows.append(row)
     return rows
+
+
+async def apply_template(request: web.Request) -> web.Response:
+    """The prompt a chat request becomes, without generating (llama-server's route)."""
+    job = await chat.prepare(request, await json_body(request))
+    return web.json_response({"prompt": job.prompt.text})
 
 
 async def tokenize(request: web.Request) -> web.Response:

@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import collections
 import math
+import time
 from collections.abc import Iterable
 
 import llama_cpp
 from aiohttp import web
 
 from llamapack.runtime import __version__
-from llamapack.runtime.server.common import STATE, backend_of
+from llamapack.runtime.engine.loop import Engine
+from llamapack.runtime.engine.stats import EngineStats
+from llamapack.runtime.server.common import CONFIG, STATE, NotServed, backend_of
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PREFIX = "llamapack_"
+# llama-server's metric names, served beside ours so its dashboards work unchanged.
+_LLAMACPP_PREFIX = "llamacpp:"
+_PROCESS_START = time.time()
 # A path no route matched is counted under this label, so probing random URLs
 # cannot grow the metric without bound.
 UNMATCHED_ROUTE = "unmatched"
@@ -68,11 +74,16 @@ def route_label(request: web.Request) -> str:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if not request.app[CONFIG].metrics:
+        raise NotServed("metrics are off: start the server with --metrics")
     text = render(request.app)
-    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+    headers = {"Content-Type": CONTENT_TYPE, "Process-Start-Time-Unix": str(int(_PROCESS_START))}
+    return web.Response(body=text.encode(), headers=headers)
 
 
 async def slots(request: web.Request) -> web.Response:
+    if not request.app[CONFIG].slots:
+        raise NotServed("the slots endpoint is off: start the server without --no-slots")
     backend = backend_of(request)
     return web.json_response([state.as_dict() for state in backend.engine.slot_states()])
 
@@ -105,7 +116,10 @@ def render(app: web.Application) -> str:
             for (route, method, status), n in sorted(counts.items())
         ],
     )
+    stats_kept = app[STATE].stats  # outlives a backend freed by --sleep-idle-seconds
     if backend is None:
+        if stats_kept is not None:
+            _llamacpp_families(out, stats_kept, None)
         return "".join(out)
     engine = backend.engine
     stats = engine.stats.snapshot()
@@ -127,19 +141,57 @@ def render(app: web.Application) -> str:
     ]  # fmt: skip
     for name, kind, help_text, value in families:
         _family(out, name, kind, help_text, [((), value)])
+    _llamacpp_families(out, engine.stats, engine)
     return "".join(out)
 
 
+def _llamacpp_families(out: list[str], engine_stats: EngineStats, engine: Engine | None) -> None:
+    """llama-server's own metrics (tools/server/server-context.cpp), same names and meanings:
+    the throughput gauges cover the time since the previous scrape."""
+    stats = engine_stats.snapshot()
+    prompt_rate, predicted_rate = engine_stats.take_window()
+    busy, waiting = (engine.busy_slots, engine.queue_length) if engine else (0, 0)
+    evaluated = stats.prompt_tokens - stats.cached_tokens
+    families: list[tuple[str, str, str, float]] = [
+        ("prompt_tokens_total", "counter", "Number of prompt tokens processed.", evaluated),
+        ("prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache.",
+         stats.cached_tokens),
+        ("prompt_seconds_total", "counter", "Prompt process time", stats.prompt_ms / 1000.0),
+        ("tokens_predicted_total", "counter", "Number of generation tokens processed.",
+         stats.generated_tokens),
+        ("tokens_predicted_seconds_total", "counter", "Predict process time", stats.predicted_ms / 1000.0),
+        ("n_decode_total", "counter", "Total number of llama_decode() calls", stats.decodes),
+        ("n_tokens_max", "counter", "Largest observed n_tokens.", stats.largest_batch),
+        # No speculative decoding here: always 0, present for llama-server's dashboards.
+        ("spec_decode_num_draft_tokens_total", "counter", "Draft tokens generated.", 0),
+        ("spec_decode_num_accepted_tokens_total", "counter", "Draft tokens accepted.", 0),
+        ("spec_decode_num_drafts_total", "counter", "Drafts generated.", 0),
+        ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s.", prompt_rate),
+        ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s.", predicted_rate),
+        ("requests_processing", "gauge", "Number of requests processing.", busy),
+        ("requests_deferred", "gauge", "Number of requests deferred.", waiting),
+        ("n_busy_slots_per_decode", "gauge", "Average number of busy slots per llama_decode() call",
+         stats.busy_slot_decodes / stats.decodes if stats.decodes else 0.0),
+    ]  # fmt: skip
+    for name, kind, help_text, value in families:
+        _family(out, name, kind, help_text, [((), value)], prefix=_LLAMACPP_PREFIX)
+
+
 def _family(
-    out: list[str], name: str, kind: str, help_text: str, samples: Iterable[tuple[Labels, float]]
+    out: list[str],
+    name: str,
+    kind: str,
+    help_text: str,
+    samples: Iterable[tuple[Labels, float]],
+    prefix: str = _PREFIX,
 ) -> None:
-    out.append(f"# HELP {_PREFIX}{name} {help_text}\n# TYPE {_PREFIX}{name} {kind}\n")
+    out.append(f"# HELP {prefix}{name} {help_text}\n# TYPE {prefix}{name} {kind}\n")
     for labels, value in samples:
         rendered = ",".join(f'{key}="{_escape(text)}"' for key, text in labels)
         out.append(
-            f"{_PREFIX}{name}{{{rendered}}} {_number(value)}\n"
+            f"{prefix}{name}{{{rendered}}} {_number(value)}\n"
             if labels
-            else f"{_PREFIX}{name} {_number(value)}\n"
+            else f"{prefix}{name} {_number(value)}\n"
         )
 
 

@@ -6,15 +6,14 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 import numpy as np
 from aiohttp import web
 
-from llamapack.runtime.backend import Backend
 from llamapack.runtime.engine.events import Event, TokenLogprob
+from llamapack.runtime.server import chat
 from llamapack.runtime.server.common import (
     CONFIG,
     NotServed,
@@ -23,18 +22,16 @@ from llamapack.runtime.server.common import (
     json_body,
     openai_usage,
     piece_text,
-    started,
-    stream_events,
+    send_chunks,
 )
-from llamapack.runtime.server.grammar import response_format_grammar
+from llamapack.runtime.server.generation import close_all, merge, start_all
+from llamapack.runtime.server.grammar import request_grammar
 from llamapack.runtime.server.requests import (
-    BadRequest,
-    ChatCompletionRequest,
     EmbeddingsRequest,
-    Prompt,
     TextCompletionRequest,
     parse,
 )
+from llamapack.runtime.server.tokens import known_tokens, prompt_tokens, token_biases
 
 
 def add_routes(app: web.Application) -> None:
@@ -42,6 +39,7 @@ def add_routes(app: web.Application) -> None:
     for prefix in ("/v1", ""):
         app.router.add_get(f"{prefix}/models", models)
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_post(f"{prefix}/chat/completions/input_tokens", input_tokens)
         app.router.add_post(f"{prefix}/embeddings", embeddings)
     app.router.add_post("/v1/completions", completions)
 
@@ -54,6 +52,8 @@ async def models(request: web.Request) -> web.Response:
         "object": "model",
         "created": 0,
         "owned_by": "llamapack",
+        "aliases": list(config.model_aliases or (config.model_alias,)),
+        "tags": list(config.model_tags),
         "meta": {
             "architecture": model.architecture if model else None,
             "parameters": model.parameters if model else None,
@@ -81,143 +81,75 @@ class _Envelope:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    chat = parse(await json_body(request), ChatCompletionRequest)
-    generation = chat.generation()
-    generation.sampling.grammar = response_format_grammar(chat.response_format)
-    backend = backend_of(request)
-    messages = msgspec.to_builtins(chat.messages)  # the chat template reads plain dicts
-    prompt = await asyncio.to_thread(backend.chat_prompt, messages)
-    envelope = _Envelope(request, "chatcmpl")
-    events = backend.generate(prompt, generation)
-    try:
-        produced = await started(events)
-        if not chat.stream:
-            text, last, parts = await collect(produced)
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": _chat_logprobs(parts) if generation.logprobs is not None else None,
-                "finish_reason": last.finish_reason,
-            }
-            reply = envelope("chat.completion", [choice])
-            reply["usage"] = openai_usage(last)
-            reply["timings"] = last.usage.timings()
-            return web.json_response(reply)
-        return await _stream_chat(request, chat.include_usage, envelope, produced, generation.logprobs)
-    finally:
-        await events.aclose()  # cancels the request if it is still running
+    job = await chat.prepare(request, await json_body(request))
+    if not job.chat.stream:
+        return web.json_response(await chat.reply(request, job))
+    return await send_chunks(request, await chat.chunks(request, job))
 
 
-async def _stream_chat(
-    request: web.Request,
-    include_usage: bool,
-    envelope: _Envelope,
-    events: AsyncIterator[Event],
-    logprobs: int | None,
-) -> web.StreamResponse:
-    kind = "chat.completion.chunk"
-
-    def chunk(event: Event) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "delta": {"content": event.text}, "finish_reason": None}
-        if logprobs is not None:
-            choice["logprobs"] = _chat_logprobs([event])
-        return envelope(kind, [choice])
-
-    def last_choice(reason: str | None) -> dict[str, Any]:
-        return {"index": 0, "delta": {}, "finish_reason": reason}
-
-    opening = envelope(
-        kind, [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-    )
-    closing = _closing_chunks(include_usage, envelope, kind, last_choice)
-    return await stream_events(request, events, chunk, closing, opening=opening)
-
-
-def _closing_chunks(
-    include_usage: bool, envelope: _Envelope, kind: str, last_choice: Callable[[str | None], dict[str, Any]]
-) -> Callable[[Event], list[dict[str, Any]]]:
-    """The chunk with the finish reason (and llama-server's timings), then the usage
-    chunk when `stream_options.include_usage` asks for it."""
-
-    def closing(last: Event) -> list[dict[str, Any]]:
-        final = envelope(kind, [last_choice(last.finish_reason)])
-        if last.error:
-            final["error"] = {"message": last.error, "type": "server_error"}
-        final["timings"] = last.usage.timings()
-        chunks = [final]
-        if include_usage:
-            usage_chunk = envelope(kind, [])
-            usage_chunk["usage"] = openai_usage(last)
-            chunks.append(usage_chunk)
-        return chunks
-
-    return closing
-
-
-def _chat_logprobs(events: list[Event]) -> dict[str, Any]:
-    def entry(token: bytes, logprob: float) -> dict[str, Any]:
-        return {"token": piece_text(token), "logprob": logprob, "bytes": list(token)}
-
-    content = []
-    for event in events:
-        for item in event.logprobs:
-            row = entry(item.piece, item.logprob)
-            row["top_logprobs"] = [entry(piece, lp) for _, piece, lp in item.top]
-            content.append(row)
-    return {"content": content}
-
-
-# ------------------------------------------------------ legacy text completions
-
-
-def prompt_tokens(backend: Backend, prompt: Prompt) -> list[int]:
-    """A prompt's text tokenized, or its token ids checked against the vocabulary."""
-    if isinstance(prompt.value, str):
-        return backend.text_prompt(prompt.value)
-    return known_tokens(backend, prompt.value, "prompt")
-
-
-def known_tokens(backend: Backend, tokens: list[int], param: str) -> list[int]:
-    """`tokens`, all in the model's vocabulary: requests.py declares them non-negative,
-    and the vocabulary's size is known only once the model is loaded."""
-    n_vocab = backend.model.n_vocab
-    if any(token >= n_vocab for token in tokens):
-        raise BadRequest(f"'{param}' must hold token ids below {n_vocab}, the model's vocabulary", param)
-    return tokens
+async def input_tokens(request: web.Request) -> web.Response:
+    """How many tokens a chat request's prompt is (llama-server's route)."""
+    job = await chat.prepare(request, await json_body(request))
+    return web.json_response({"input_tokens": len(job.prompt.tokens)})
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    completion = parse(await json_body(request), TextCompletionRequest)
+    completion = parse(await json_body(request), TextCompletionRequest, request.app[CONFIG].request_defaults)
     generation = completion.generation()
-    generation.sampling.grammar = response_format_grammar(completion.response_format)
+    generation.sampling.grammar = request_grammar(completion)
     backend = backend_of(request)
-    prompt = await asyncio.to_thread(prompt_tokens, backend, completion.prompt)
+    generation.sampling.logit_bias = token_biases(backend, completion.bias_entries())
+    prompts = await asyncio.to_thread(prompt_tokens, backend, completion.prompt)
     envelope = _Envelope(request, "cmpl")
-    events = backend.generate(prompt, generation)
     want_logprobs = generation.logprobs is not None
 
-    def choice(text: str, parts: list[Event], reason: str | None) -> dict[str, Any]:
+    def choice(index: int, text: str, parts: list[Event], reason: str | None) -> dict[str, Any]:
         logprobs = _legacy_logprobs(parts) if want_logprobs else None
-        return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
+    produced = await start_all(backend, prompts, generation)  # one choice per prompt
     try:
-        produced = await started(events)
         if not completion.stream:
-            text, last, parts = await collect(produced)
-            reply = envelope("text_completion", [choice(text, parts, last.finish_reason)])
-            reply["usage"] = openai_usage(last)
-            reply["timings"] = last.usage.timings()
+            results = await asyncio.gather(*(collect(events) for events in produced))
+            choices = [
+                choice(i, text, parts, last.finish_reason) for i, (text, last, parts) in enumerate(results)
+            ]
+            reply = envelope("text_completion", choices)
+            reply["usage"] = _summed_usage([last for _, last, _ in results])
+            reply["timings"] = results[0][1].usage.timings()
             return web.json_response(reply)
 
-        def chunk(event: Event) -> dict[str, Any]:
-            return envelope("text_completion", [choice(event.text, [event], None)])
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            lasts: list[Event] = [Event() for _ in produced]
+            async for index, event in merge(produced):
+                if event.text:
+                    yield envelope("text_completion", [choice(index, event.text, [event], None)])
+                if event.finish_reason is not None:
+                    lasts[index] = event
+                    final = envelope("text_completion", [choice(index, "", [], event.finish_reason)])
+                    if event.error:
+                        final["error"] = {"message": event.error, "type": "server_error"}
+                    yield final
+            last = envelope("text_completion", [])
+            if completion.include_usage:
+                last["usage"] = _summed_usage(lasts)
+                last["timings"] = lasts[0].usage.timings()
+                yield last
 
-        closing = _closing_chunks(
-            completion.include_usage, envelope, "text_completion", lambda reason: choice("", [], reason)
-        )
-        return await stream_events(request, produced, chunk, closing)
+        return await send_chunks(request, chunks())
     finally:
-        await events.aclose()
+        await close_all(produced)
+
+
+def _summed_usage(lasts: list[Event]) -> dict[str, Any]:
+    """OpenAI's usage over several generations."""
+    usages = [openai_usage(last) for last in lasts]
+    total = {
+        key: sum(usage[key] for usage in usages)
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
+    cached = sum(usage["prompt_tokens_details"]["cached_tokens"] for usage in usages)
+    return {**total, "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def _legacy_logprobs(events: list[Event]) -> dict[str, Any]:

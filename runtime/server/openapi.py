@@ -49,8 +49,13 @@ def _get(summary: str, content_type: str = "application/json", *, public: bool =
     return {"get": operation}
 
 
-def _post(summary: str, body: type[Struct], streams: bool = True) -> dict[str, Any]:
-    schema = {"$ref": _REF.format(name=body.__name__)}
+def _post(summary: str, body: type[Struct] | str, streams: bool = True) -> dict[str, Any]:
+    """A POST route; `body` is its request's Struct, or for a translated API (Anthropic's,
+    OpenAI Responses') the name of the vendor's documented request, checked on translation."""
+    if isinstance(body, str):
+        schema: dict[str, Any] = {"type": "object", "description": body}
+    else:
+        schema = {"$ref": _REF.format(name=body.__name__)}
     content: dict[str, Any] = {"application/json": {}}
     if streams:
         content["text/event-stream"] = {}
@@ -93,13 +98,28 @@ def _paths() -> dict[str, Any]:
         "/v1/completions": _post("OpenAI's legacy text completion", requests.TextCompletionRequest),
         "/completion": _post("llama-server's native completion", requests.LlamaCompletionRequest),
         "/completions": _post("as /completion", requests.LlamaCompletionRequest),
+        "/apply-template": _post(
+            "a chat request's prompt, not generated from", requests.ChatCompletionRequest, streams=False
+        ),
         "/tokenize": _post("text to token ids", requests.TokenizeRequest, streams=False),
         "/detokenize": _post("token ids to text", requests.DetokenizeRequest, streams=False),
     }
+    anthropic = "Anthropic's Messages API request (docs.anthropic.com/en/api/messages)"
+    paths["/v1/messages"] = _post("Anthropic's Messages API", anthropic)
+    paths["/v1/messages/count_tokens"] = _post("how many tokens a Messages request's prompt is", anthropic,
+                                               streams=False)  # fmt: skip
     for prefix in ("/v1", ""):
+        responses = "OpenAI's Responses API request (platform.openai.com/docs/api-reference/responses)"
+        paths[f"{prefix}/responses"] = _post("OpenAI's Responses API", responses)
+        paths[f"{prefix}/responses/input_tokens"] = _post(
+            "how many tokens a Responses request's prompt is", responses, streams=False
+        )
         paths[f"{prefix}/models"] = _get("the one model served")
         paths[f"{prefix}/chat/completions"] = _post(
             "OpenAI's chat completion", requests.ChatCompletionRequest
+        )
+        paths[f"{prefix}/chat/completions/input_tokens"] = _post(
+            "how many tokens a chat request's prompt is", requests.ChatCompletionRequest, streams=False
         )
         paths[f"{prefix}/embeddings"] = _post(
             "OpenAI's embeddings (with --embedding)", requests.EmbeddingsRequest, streams=False

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -88,16 +90,45 @@ class OneOf:
         return f"{type(self).__name__}({self.value!r})"
 
 
-class Prompt(OneOf):
-    """A string, a list of token ids, or a one-element list of either (what OpenAI's SDK sends)."""
+# One prompt: text, token ids, both mixed in one sequence, or llama-server's JSON
+# prompt {"prompt_string": ..., "multimodal_data": [...]} (media: none here). A batch
+# of prompts is bounded by the queue (--max-queue): past it, 503.
+OnePrompt = str | Annotated[list[str | Token], Meta(min_length=1)] | dict[str, Any]
 
-    forms = (str, TokenIds, Annotated[list[str | TokenIds], Meta(min_length=1, max_length=1)])
-    expects = "a string or a list of token ids, one prompt per request"
+
+class Prompt(OneOf):
+    """One prompt (a string, token ids, ids and strings mixed, or {"prompt_string": ...}),
+    or a list of prompts, each answered on its own."""
+
+    forms = (OnePrompt, Annotated[list[OnePrompt], Meta(min_length=1)])
+    expects = (
+        "a string, a list of token ids (strings may be mixed in), an object with prompt_string, "
+        "or a list of those"
+    )
+
+    @classmethod
+    def decode(cls, value: Any) -> OneOf:
+        # A list of ids and strings with at least one id is one prompt; any other
+        # list is several (llama-server's rule: ["a", "b"] is two prompts).
+        single = not isinstance(value, list) or any(type(item) is int for item in value)
+        try:
+            if single:
+                return cls([msgspec.convert(value, OnePrompt)])
+            return cls(msgspec.convert(value, cls.forms[1]))
+        except msgspec.ValidationError:
+            raise ValueError(cls.expects) from None
 
     def __init__(self, value: Any) -> None:
-        if isinstance(value, list) and not isinstance(value[0], int):
-            value = value[0]
-        self.value: str | list[int] = value
+        prompts: list[list[str | int]] = []
+        for prompt in value:
+            if isinstance(prompt, dict):
+                if prompt.get("multimodal_data"):
+                    raise ValueError("multimodal_data needs a model with vision; this one reads text only")
+                if not isinstance(prompt.get("prompt_string"), str):
+                    raise ValueError("a JSON prompt needs a string prompt_string")
+                prompt = prompt["prompt_string"]
+            prompts.append([prompt] if isinstance(prompt, str) else list(prompt))
+        self.value: list[list[str | int]] = prompts
 
 
 class EmbeddingInput(OneOf):
@@ -164,6 +195,16 @@ class GenerationRequest(Struct, kw_only=True):
     ] = None
     stream: Annotated[bool, Meta(description="Send the reply as server-sent events.")] = False
     stream_options: StreamOptions | None = None
+    verbose: Annotated[bool, Meta(description="Add __verbose: the prompt as the model saw it.")] = False
+    grammar: Annotated[str | None, Meta(description="A GBNF grammar the reply follows.")] = None
+    json_schema: Annotated[dict[str, Any] | None, Meta(description="A JSON schema the reply follows.")] = None
+    logit_bias: Annotated[
+        dict[str, float | bool] | list[tuple[Token | str, float | bool]] | None,
+        Meta(
+            description="Added to tokens' logits: {token id or text: bias} or [[token id or text, bias]]; "
+            "false bans the token, and a text's every token gets the bias."
+        ),
+    ] = None
 
     def generation(self) -> Generation:
         sampling = SamplingParams(
@@ -194,6 +235,21 @@ class GenerationRequest(Struct, kw_only=True):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens
 
+    def bias_entries(self) -> list[tuple[int | str, float]]:
+        """`logit_bias` as (token id or text, bias) pairs; llama-server reads an
+        object's key as a token id when it is all digits, else as text."""
+        if self.logit_bias is None:
+            return []
+        pairs = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
+        entries: list[tuple[int | str, float]] = []
+        for key, bias in pairs:
+            if isinstance(key, str) and key.isdigit():
+                key = int(key)
+            if bias is True:
+                raise BadRequest("'logit_bias' takes a number or false (ban) for each token", "logit_bias")
+            entries.append((key, -math.inf if bias is False else float(bias)))
+        return entries
+
     def logprob_alternatives(self) -> int | None:
         return None
 
@@ -219,7 +275,9 @@ class OpenAIRequest(GenerationRequest, kw_only=True):
 
     model: Annotated[str | None, Meta(description="Ignored: the file serves one model.")] = None
     max_tokens: Annotated[MaxTokens | None, Meta(description="Most tokens to generate.")] = None
-    n: Annotated[Literal[1], Meta(description="Choices per request: one.")] = 1
+    n: Annotated[
+        int, Meta(ge=1, le=INT32, description="Choices, generated together: at most the server's slots.")
+    ] = 1
     response_format: ResponseFormat | None = None
 
     def token_limit(self) -> int | None:
@@ -231,15 +289,77 @@ class TextPart(Struct, kw_only=True):
     text: str = ""
 
 
+class FunctionCall(Struct, kw_only=True):
+    name: str
+    arguments: Annotated[str | dict[str, Any], Meta(description="JSON text (OpenAI's), or an object.")] = "{}"
+
+
+class ToolCall(Struct, kw_only=True):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(Struct, kw_only=True):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: Annotated[list[ToolCall] | None, Meta(description="An assistant's calls.")] = None
+    tool_call_id: Annotated[str | None, Meta(description="The call a tool message answers.")] = None
+    reasoning_content: Annotated[str | None, Meta(description="An assistant's reasoning.")] = None
+
+
+class FunctionSpec(Struct, kw_only=True):
+    name: Annotated[str, Meta(min_length=1)]
+    description: str | None = None
+    parameters: Annotated[dict[str, Any] | None, Meta(description="The arguments' JSON schema.")] = None
+    strict: bool | None = None
+
+
+class Tool(Struct, kw_only=True):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(Struct, kw_only=True):
+    name: str
+
+
+class NamedToolChoice(Struct, kw_only=True):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+REASONING_FORMATS = ("auto", "deepseek", "deepseek-legacy", "none")
 
 
 class ChatCompletionRequest(OpenAIRequest, kw_only=True):
     """OpenAI's chat completion."""
 
     messages: Annotated[list[Message], Meta(min_length=1)]
+    tools: Annotated[list[Tool] | None, Meta(description="Functions the model may call.")] = None
+    tool_choice: Annotated[
+        Literal["auto", "none", "required"] | NamedToolChoice | None,
+        Meta(description="Whether the model must, may or must not call a tool, or which one."),
+    ] = None
+    parallel_tool_calls: Annotated[
+        bool | None, Meta(description="Several calls in one reply; default: as the template allows.")
+    ] = None
+    chat_template_kwargs: Annotated[
+        dict[str, Any] | None, Meta(description="Extra variables for the chat template (enable_thinking).")
+    ] = None
+    reasoning_format: Annotated[
+        Literal["auto", "deepseek", "deepseek-legacy", "none"] | None,
+        Meta(description="Where <think> text goes; default: the server's --reasoning-format."),
+    ] = None
+    add_generation_prompt: Annotated[bool, Meta(description="End the prompt with the reply's header.")] = True
+    continue_final_message: Annotated[
+        bool | Literal["content", "reasoning_content"] | None,
+        Meta(description="Continue the last (assistant) message; default: when the chat ends with one."),
+    ] = None
+    reasoning_effort: Annotated[
+        str | None, Meta(description="Given to the chat template; none turns reasoning off.")
+    ] = None
     logprobs: Annotated[bool, Meta(description="Each token's log-probability.")] = False
     top_logprobs: Annotated[Alternatives, Meta(description="With logprobs: the likeliest alternatives.")] = 0
 
@@ -253,6 +373,8 @@ class ChatCompletionRequest(OpenAIRequest, kw_only=True):
 
 class TextCompletionRequest(OpenAIRequest, kw_only=True):
     """OpenAI's legacy text completion."""
+
+    n: Annotated[Literal[1], Meta(description="One choice per prompt (chat completions take more).")] = 1
 
     prompt: Prompt
     echo: Annotated[Literal[False], Meta(description="Not supported.")] = False
@@ -277,8 +399,6 @@ class LlamaCompletionRequest(GenerationRequest, kw_only=True):
     n_probs: Annotated[
         bool | Alternatives, Meta(description="Each token's log-probability and this many alternatives.")
     ] = 0
-    grammar: Annotated[str | None, Meta(description="A GBNF grammar the reply follows.")] = None
-    json_schema: Annotated[dict[str, Any] | None, Meta(description="A JSON schema the reply follows.")] = None
 
     def token_limit(self) -> int | None:
         if self.max_completion_tokens is not None:
@@ -331,9 +451,19 @@ BODIES: tuple[type[Struct], ...] = (
 B = TypeVar("B", bound=Struct)
 
 
-def parse(body: dict[str, Any], kind: type[B]) -> B:
-    """`body` as a `kind`, or BadRequest naming the first field that does not fit."""
+def parse(body: dict[str, Any], kind: type[B], defaults: Mapping[str, Any] | None = None) -> B:
+    """`body` as a `kind`, or BadRequest naming the first field that does not fit.
+
+    `defaults` fill the fields the body leaves out: the server's own (--temp,
+    --seed, ...), as llama-server applies its flags to every request."""
     present = {name: value for name, value in body.items() if value is not None}
+    if defaults:
+        fields = set(kind.__struct_fields__)
+        if "seed" in defaults and "seed" not in present and "cache_prompt" in fields:
+            # Only a request that asks for a seed gives up the prompt cache for an
+            # exact replay (GenerationRequest.generation); a server-wide seed does not.
+            present.setdefault("cache_prompt", True)
+        present = {**{name: value for name, value in defaults.items() if name in fields}, **present}
     try:
         return msgspec.convert(present, kind, dec_hook=_decode_hook)
     except msgspec.ValidationError as exc:

@@ -85,7 +85,7 @@ def test_version_shows_the_llama_cpp_build(gemma_file):
 
 
 def test_metrics_and_slots_behind_the_api_key(gemma_file):
-    server = Server(gemma_file, "--api-key", KEY)
+    server = Server(gemma_file, "--api-key", KEY, "--metrics")
     try:
         server.wait_healthy()
         for path in ("/metrics", "/slots"):

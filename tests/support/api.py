@@ -60,6 +60,7 @@ def gemma_app(backend: Backend | None, **overrides: Any) -> web.Application:
         "model_alias": ALIAS,
         "manifest": GEMMA_MANIFEST,
         "close_backend": False,
+        "metrics": True,
         **overrides,
     }
     return create_app(ServerConfig(**settings))

@@ -149,7 +149,7 @@ def sse_body(text: str, pieces: int = 6) -> str:
     size = max(1, -(-len(text) // pieces))
     choice: dict[str, Any] = {
         "index": 0,
-        "delta": {"role": "assistant", "content": ""},
+        "delta": {"role": "assistant", "content": None},
         "finish_reason": None,
     }
     events: list[dict[str, Any]] = [{"choices": [choice]}]

@@ -141,7 +141,7 @@ async def test_json_schema_response_format_follows_the_schema(sdk):
 
 async def test_bad_requests_raise_the_sdk_error(sdk):
     with pytest.raises(openai.BadRequestError) as caught:
-        await sdk.chat.completions.create(model=ALIAS, messages=HELLO, n=2)
+        await sdk.chat.completions.create(model=ALIAS, messages=HELLO, n=99)  # more than the slots
     body = caught.value.body
     assert isinstance(body, dict) and body["param"] == "n"
     with pytest.raises(openai.BadRequestError):

@@ -78,9 +78,9 @@ class ThreadServer:
 
 @pytest.fixture(scope="module")
 def fuzz_backend(gemma_gguf):
-    # llama.cpp rounds a context up to 256 tokens; the cap (llama-server's -n) keeps a
-    # fuzzed max_tokens of 2**31 from generating the whole context on every case.
-    backend = gemma_backend(gemma_gguf, ctx_size=256, parallel=2, threads=2, embedding=True, n_predict=8)
+    # llama.cpp rounds a context up to 256 tokens; the cap keeps a fuzzed max_tokens
+    # of 2**31 from generating the whole context on every case.
+    backend = gemma_backend(gemma_gguf, ctx_size=256, parallel=2, threads=2, embedding=True, max_tokens_cap=8)
     yield backend
     backend.close()
 

@@ -43,8 +43,9 @@ def _routes() -> dict[str, str]:
     routes: dict[str, str] = {}
     for path, item in DOCUMENT["paths"].items():
         if "post" in item:
-            ref = item["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-            routes.setdefault(ref.rsplit("/", 1)[1], path)
+            schema = item["post"]["requestBody"]["content"]["application/json"]["schema"]
+            if "$ref" in schema:  # not the translated APIs (Anthropic's, Responses'): checked in their tests
+                routes.setdefault(schema["$ref"].rsplit("/", 1)[1], path)
     return routes
 
 
@@ -73,6 +74,8 @@ def _example(schema: dict[str, Any]) -> Any:
     kind = schema["type"]
     if kind == "object":
         return {name: _example(schema["properties"][name]) for name in schema.get("required", [])}
+    if kind == "array" and "prefixItems" in schema:  # a tuple
+        return [_example(item) for item in schema["prefixItems"]]
     if kind == "array":
         return [_example(schema["items"])] * schema.get("minItems", 0)
     return {"string": "a", "boolean": False, "null": None}.get(kind, schema.get("minimum", 0))
@@ -91,6 +94,11 @@ def _edges(schema: dict[str, Any]) -> Iterator[tuple[Any, bool]]:
                 yield _step(kind, schema[key], way), False
                 if kind == "integer" and float(schema[key]) == schema[key]:
                     yield float(schema[key]), True  # 20.0 is an integer to JSON Schema
+    elif kind == "array" and "prefixItems" in schema:
+        example = _example(schema)
+        for position, member in enumerate(schema["prefixItems"]):
+            for value, inside in _edges(member):
+                yield [*example[:position], value, *example[position + 1 :]], inside
     elif kind == "array":
         item = _example(schema["items"])
         if "minItems" in schema:
