@@ -28,6 +28,7 @@ class BackendOptions:
     ctx_size: int = 0  # 0: the model's trained context, capped at defaults.CONTEXT
     parallel: int = 4
     kv_unified: bool = True  # False: each slot gets an equal share of the context
+    n_batch: int = 2048  # most tokens one decode evaluates (-b)
     jinja: bool = True  # False: llama.cpp's built-in template nearest the Jinja one (--no-jinja)
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # --chat-template-kwargs
     threads: int | None = None
@@ -77,6 +78,7 @@ class Backend:
                 n_threads=options.threads,
                 max_queue=options.max_queue,
                 kv_unified=options.kv_unified,
+                n_batch=options.n_batch,
             )
             self.embedder: Embedder | None = None
             if options.embedding:
@@ -133,6 +135,8 @@ class Backend:
             ignore_eos=generation.ignore_eos,
             logprobs=generation.logprobs,
             cache_prompt=generation.cache_prompt,
+            return_progress=generation.return_progress,
+            post_sampling_probs=generation.post_sampling_probs,
             on_event=on_event,
         )
 

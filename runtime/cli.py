@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--slots", action=argparse.BooleanOptionalAction, default=True,
         help="serve /slots, each slot's state (default: on)",
     )  # fmt: skip
+    server.add_argument(
+        "--ui-mcp-proxy", action="store_true",
+        help="serve /cors-proxy?url=..., which fetches any http(s) URL for API callers (llama-server's "
+        "web UI uses it for MCP servers); off by default",
+    )  # fmt: skip
     server.add_argument("--no-ui", "--no-webui", dest="ui", action="store_false",
                         help="serve the API only, no chat page")  # fmt: skip
     server.add_argument(
@@ -132,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"context size in tokens (default: the model's, at most {defaults.CONTEXT})",
     )  # fmt: skip
     model.add_argument("-t", "--threads", type=int, metavar="N", help="CPU threads (default: cores)")
+    model.add_argument(
+        "-b", "--batch-size", type=int, default=2048, metavar="N",
+        help="most prompt tokens evaluated in one step (default: %(default)s)",
+    )  # fmt: skip
     model.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=0, metavar="N",
                        help="layers to offload to a GPU (default: 0)")  # fmt: skip
     model.add_argument(
@@ -183,7 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
 # (scripts written for llama-server keep working) and otherwise without effect.
 _TUNING_FLAGS: tuple[tuple[tuple[str, ...], bool], ...] = (
     # (names, takes a value)
-    (("-b", "--batch-size"), True),
     (("-ub", "--ubatch-size"), True),
     (("-ctk", "--cache-type-k"), True),
     (("-ctv", "--cache-type-v"), True),
@@ -199,10 +207,12 @@ _TUNING_FLAGS: tuple[tuple[tuple[str, ...], bool], ...] = (
 
 
 def _add_tuning_flags(parser: argparse.ArgumentParser) -> None:
+    listed = ", ".join(names[0] for names, _ in _TUNING_FLAGS)
     group = parser.add_argument_group(
-        "llama-server tuning flags", "accepted for scripts written for llama-server; this file chooses "
-        "these itself (one batch size, a unified KV cache, continuous batching, memory-mapped weights)",
-    )  # fmt: skip
+        "llama-server's tuning flags",
+        f"{listed}: taken, so scripts written for llama-server keep working, and left without "
+        "effect: this file chooses batch sizes, cache types and memory mapping itself",
+    )
     for names, takes_value in _TUNING_FLAGS:
         if takes_value:
             group.add_argument(*names, metavar="X", dest=f"tuning_{names[-1][2:]}", help=argparse.SUPPRESS)
@@ -286,7 +296,7 @@ def version_text(layout: Layout | None) -> str:
 def _check_ranges(args: argparse.Namespace) -> None:
     if args.max_queue < 0:
         raise CliError("--max-queue must be 0 or more")
-    for name in ("parallel", "threads"):
+    for name in ("parallel", "threads", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CliError(f"--{name} must be at least 1")
@@ -328,6 +338,7 @@ def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Backend
         parallel=1 if args.prompt is not None else (args.parallel or DEFAULT_PARALLEL),
         kv_unified=args.parallel is None or args.kv_unified,
         jinja=args.jinja,
+        n_batch=args.batch_size,
         template_kwargs=_template_kwargs(args.chat_template_kwargs, args.reasoning),
         threads=args.threads or physical_cores(),
         n_gpu_layers=args.n_gpu_layers,
@@ -433,9 +444,12 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
     from llamapack.runtime.backend import Backend
     from llamapack.runtime.server.app import ServerConfig, create_app
     from llamapack.runtime.server.guard import is_loopback
+    from llamapack.runtime.server.vertex import VertexSettings
 
+    vertex = VertexSettings.from_environment()
+    port = vertex.port if vertex and vertex.port else args.port  # Vertex AI chooses the port
     hosts = _hosts(args.host)
-    sockets = [_bind(host, args.port) for host in hosts]
+    sockets = [_bind(host, port) for host in hosts]
     exposed = [host for host in hosts if not is_loopback(host)]
     if not args.api_key and exposed:
         print(
@@ -485,6 +499,8 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
         request_defaults=_request_defaults(args),
         reasoning_format=args.reasoning_format,
         system_prompt=args.system_prompt,
+        vertex=vertex,
+        mcp_proxy=args.ui_mcp_proxy,
         sleep_idle_seconds=args.sleep_idle_seconds,
         verbose=args.verbose,
     )

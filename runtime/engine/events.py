@@ -6,6 +6,7 @@ depends on these types, not on the engine's machinery.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,9 +87,23 @@ class TokenLogprob:
     top: list[tuple[int, bytes, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PromptProgress:
+    """How far the prompt's evaluation is (llama-server's `prompt_progress`)."""
+
+    total: int
+    cache: int  # reused from the slot's cache, not evaluated
+    processed: int  # cache included
+    time_ms: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class Event:
-    """Text produced, or the end of generation (`finish_reason` set)."""
+    """Text produced, the prompt's progress (`progress`, when asked for), or the end of
+    generation (`finish_reason` set)."""
 
     text: str = ""
     finish_reason: str | None = None  # "stop" or "length"
@@ -97,6 +112,7 @@ class Event:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     stop_type: str = "none"  # llama-server's: "eos", "word", "limit" or "none"
     stopping_word: str = ""
+    progress: PromptProgress | None = None
 
 
 @dataclass
@@ -109,6 +125,8 @@ class Request:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k: each token's logprob and k alternatives
     cache_prompt: bool = True
+    return_progress: bool = False  # an event as each batch of the prompt is evaluated
+    post_sampling_probs: bool = False  # logprobs after the sampler chain, not the model's own
     cancelled: threading.Event = field(default_factory=threading.Event)
     sampler: Sampler | None = None  # built by Engine.submit, freed when the request ends
 

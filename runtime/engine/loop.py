@@ -40,7 +40,7 @@ from llamapack.runtime.engine.events import (
     RequestError,
 )
 from llamapack.runtime.engine.run import Run
-from llamapack.runtime.engine.sampling import Sampler, token_logprob
+from llamapack.runtime.engine.sampling import Sampler, post_sampling_logits, token_logprob
 from llamapack.runtime.engine.slots import Slot, evict_idle, pick_slot, reuse_prefix
 from llamapack.runtime.engine.stats import EngineStats, SlotState
 from llamapack.runtime.llama.model import Model
@@ -196,6 +196,7 @@ class Engine:
             slot, shared = pick_slot(free, request.prompt, request.cache_prompt)
             reused = reuse_prefix(slot, self.context, shared, len(request.prompt), self.context.n_swa)
             slot.run = Run(request, slot, reused, time.perf_counter())
+            slot.run.report_progress(slot.run.started)  # before any of the prompt is evaluated
 
     def _step(self) -> None:
         active: list[Run] = []
@@ -204,6 +205,7 @@ class Engine:
                 self._finish(run, "stop")
             else:
                 active.append(run)
+        prompting = [run for run in active if run.prompting and run.request.return_progress]
         plan = plan_batch(active, self.context.n_batch)
         if not plan.tokens:
             return
@@ -219,6 +221,8 @@ class Engine:
                 self._finish(run, "length", error=reason)
             return
         now = time.perf_counter()
+        for run in prompting:
+            run.report_progress(now)
         for run, index in plan.outputs:
             self._sample(run, index, now)
 
@@ -232,7 +236,10 @@ class Engine:
             return
         logprob = None
         if request.logprobs is not None:
-            logprob = token_logprob(self.context.logits(index), token, request.logprobs, self.model.piece)
+            logits = self.context.logits(index)
+            if request.post_sampling_probs:
+                logits = post_sampling_logits(logits, request.params)
+            logprob = token_logprob(logits, token, request.logprobs, self.model.piece)
         stop = run.accept(token, self.model.piece(token), logprob)
         if stop is not None:
             self._finish(run, "stop", stop_type="word", stopping_word=stop)

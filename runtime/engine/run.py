@@ -7,7 +7,7 @@ no run or a complete one, never fields left over from the previous request.
 
 from __future__ import annotations
 
-from llamapack.runtime.engine.events import Event, Request, TokenLogprob, Usage
+from llamapack.runtime.engine.events import Event, PromptProgress, Request, TokenLogprob, Usage
 from llamapack.runtime.engine.slots import Slot
 from llamapack.runtime.engine.stops import StopFilter
 from llamapack.runtime.llama.model import TextDecoder
@@ -26,6 +26,16 @@ class Run:
         self.usage = Usage(prompt_tokens=len(request.prompt), cached_tokens=reused)
         self.started = started
         self.first_token_at = 0.0
+
+    def report_progress(self, now: float) -> None:
+        if self.request.return_progress:
+            progress = PromptProgress(
+                total=len(self.request.prompt),
+                cache=self.usage.cached_tokens,
+                processed=self.next_prompt,
+                time_ms=(now - self.started) * 1000.0,
+            )
+            self.request.on_event(Event(progress=progress))
 
     @property
     def prompting(self) -> bool:

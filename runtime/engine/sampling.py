@@ -152,3 +152,28 @@ def token_logprob(logits: np.ndarray, token: int, top: int, piece: Callable[[int
         best = best[np.argsort(logits[best])[::-1]]
         alternatives = [(int(t), piece(int(t)), float(logits[t]) - log_total) for t in best]
     return TokenLogprob(token, piece(token), float(logits[token]) - log_total, alternatives)
+
+
+def post_sampling_logits(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The logits as the sampler chain leaves them (llama-server's post_sampling_probs):
+    top-k, top-p and min-p remove candidates (-inf), temperature scales the rest, in
+    the chain's order. Greedy sampling leaves only the likeliest token."""
+    out = np.full_like(logits, -np.inf, dtype=np.float64)
+    order = np.argsort(logits)[::-1]
+    if params.temperature <= 0:
+        out[order[0]] = 0.0
+        return out
+    if params.top_k > 0:
+        order = order[: params.top_k]
+    kept = logits[order].astype(np.float64)
+    probs = np.exp(kept - kept[0])
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        # The smallest prefix whose mass reaches top_p (at least one token).
+        keep = int(np.searchsorted(np.cumsum(probs), params.top_p) + 1)
+        order, kept, probs = order[:keep], kept[:keep], probs[:keep]
+    if params.min_p > 0.0:
+        keep_mask = probs >= params.min_p * probs[0]
+        order, kept = order[keep_mask], kept[keep_mask]
+    out[order] = kept / params.temperature
+    return out

@@ -25,6 +25,7 @@ from llamapack.runtime import __version__
 from llamapack.runtime.engine.events import EngineStopped, PromptTooLong, QueueFullError, RequestError
 from llamapack.runtime.server import (
     anthropic_routes,
+    cors_proxy,
     guard,
     llamacpp_routes,
     openai_routes,
@@ -44,6 +45,7 @@ from llamapack.runtime.server.common import (
 )
 from llamapack.runtime.server.metrics import add_metrics_routes
 from llamapack.runtime.server.requests import BadRequest
+from llamapack.runtime.server.vertex import add_vertex_routes
 
 UI_DIR = web.AppKey("ui_dir", Path)
 
@@ -65,7 +67,7 @@ _PERMISSIONS = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 def create_app(config: ServerConfig) -> web.Application:
     app = web.Application(
         client_max_size=config.max_body,
-        middlewares=[_errors_middleware, *guard.middlewares(config), sleep.wake_middleware],
+        middlewares=[errors_middleware, *guard.middlewares(config), sleep.wake_middleware],
     )
     app[CONFIG] = config
     app[STATE] = State()
@@ -76,12 +78,15 @@ def create_app(config: ServerConfig) -> web.Application:
     openai_routes.add_routes(app)
     llamacpp_routes.add_routes(app)
     anthropic_routes.add_routes(app)
+    cors_proxy.add_routes(app)
     responses_routes.add_routes(app)
     add_metrics_routes(app)  # /metrics, /slots and the request counter
     if config.ui:
         app.router.add_get("/", index)
         app[UI_DIR] = config.ui_dir or Path(str(resources.files("llamapack.templates")))
         app.router.add_static("/static/", app[UI_DIR], follow_symlinks=False)
+    if config.vertex is not None:
+        add_vertex_routes(app, config.vertex)  # last: it routes to the others
     app.on_startup.append(_start_loading)
     if config.sleep_idle_seconds > 0:
         sleep.add_sleeper(app, config.sleep_idle_seconds)
@@ -145,7 +150,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 @web.middleware
-async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as OpenAI's error object with the matching status."""
     try:
         return await handler(request)

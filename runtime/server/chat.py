@@ -71,6 +71,9 @@ async def prepare(request: web.Request, body: dict[str, Any]) -> ChatJob:
     # llama-server's prefill: a chat that ends with an assistant message has the
     # model continue that message rather than start a new one.
     explicit = bool(chat.continue_final_message)
+    if explicit and chat.add_generation_prompt:
+        message = "'continue_final_message' and 'add_generation_prompt' cannot both be true"
+        raise BadRequest(message, "continue_final_message")
     try:
         continuing = explicit or continues_final_message(messages)
     except ChatTemplateError as exc:
@@ -80,7 +83,7 @@ async def prepare(request: web.Request, body: dict[str, Any]) -> ChatJob:
         tools.messages(messages),
         tools=tools.template_tools,
         template_kwargs=_template_kwargs(chat),
-        add_generation_prompt=chat.add_generation_prompt and not continuing,
+        add_generation_prompt=chat.add_generation_prompt is not False and not continuing,
         continue_final_message=continuing,
     )
     generation.sampling.grammar = request_grammar(chat) or tools.grammar(prompt.text)
@@ -162,6 +165,11 @@ async def _stream(
         for index in range(len(produced)):
             yield chunk(index, {"role": "assistant", "content": None})
         async for index, event in merge(produced):
+            if event.progress is not None:
+                progress = chunk(index, {"role": "assistant", "content": None})
+                progress["prompt_progress"] = event.progress.as_dict()
+                yield progress
+                continue
             deltas = parsers[index].feed(event.text) if event.text else []
             if event.finish_reason is not None:
                 deltas += parsers[index].finish()

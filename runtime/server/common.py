@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -16,6 +16,9 @@ from llamapack.runtime.engine.events import Event
 from llamapack.runtime.engine.stats import EngineStats
 from llamapack.runtime.fileformat import Manifest
 from llamapack.runtime.server.requests import BadRequest
+
+if TYPE_CHECKING:
+    from llamapack.runtime.server.vertex import VertexSettings
 
 
 @dataclass
@@ -45,6 +48,8 @@ class ServerConfig:
     request_defaults: dict[str, Any] = field(default_factory=dict)
     system_prompt: str | None = None  # the system message of chats that bring none (--system-prompt)
     reasoning_format: str = "auto"  # where <think> text goes, unless a request says (--reasoning-format)
+    mcp_proxy: bool = False  # /cors-proxy fetches URLs for the caller (--ui-mcp-proxy)
+    vertex: VertexSettings | None = None  # Vertex AI's /predict (AIP_MODE=PREDICTION)
     sleep_idle_seconds: float = -1  # free the model after this long unused; -1: never
     verbose: bool = False  # replies carry `__verbose` (the prompt as the model saw it), as llama-server's
 
@@ -92,7 +97,14 @@ def backend_of(request: web.Request) -> Backend:
     return state.backend
 
 
+# A body already parsed, set on an internal request (vertex.py's /predict instances).
+BODY_OVERRIDE: web.RequestKey[dict[str, Any]] = web.RequestKey("body", dict)
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
+    override = request.get(BODY_OVERRIDE)
+    if override is not None:
+        return dict(override)
     # JSON is UTF-8 (RFC 8259): a declared charset is ignored, so a bogus one
     # cannot raise LookupError; nesting deep enough to exhaust the parser's
     # recursion is refused like any other malformed body.

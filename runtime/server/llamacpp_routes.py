@@ -7,12 +7,13 @@ answer shapes (content, stop, timings, tokens_predicted, stop_type, ...).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from llamapack.runtime.engine.events import Event, TokenLogprob
+from llamapack.runtime.engine.events import Event, PromptProgress, TokenLogprob, Usage
 from llamapack.runtime.server import chat
 from llamapack.runtime.server.common import (
     CONFIG,
@@ -77,7 +78,7 @@ async def completion(request: web.Request) -> web.StreamResponse:
             "timings": usage.timings(),
         }
         if generation.logprobs is not None and parts:
-            reply["completion_probabilities"] = _probabilities(parts)
+            reply["completion_probabilities"] = _probabilities(parts, generation.post_sampling_probs)
         if last.error:
             reply["error"] = {"message": last.error, "type": "server_error"}
         return reply
@@ -92,12 +93,15 @@ async def completion(request: web.Request) -> web.StreamResponse:
 
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             async for index, event in merge(produced):
+                if event.progress is not None:
+                    yield _progress_chunk(index, event.progress)
                 if event.text:
                     piece: dict[str, Any] = {
                         "index": index, "content": event.text, "tokens": [], "stop": False, "id_slot": -1,
                     }  # fmt: skip
                     if generation.logprobs is not None:
-                        piece["completion_probabilities"] = _probabilities([event])
+                        probabilities = _probabilities([event], generation.post_sampling_probs)
+                        piece["completion_probabilities"] = probabilities
                     yield piece
                 if event.finish_reason is not None:
                     yield final(index, "", event, [])
@@ -105,6 +109,18 @@ async def completion(request: web.Request) -> web.StreamResponse:
         return await send_chunks(request, chunks(), done_marker=False)
     finally:
         await close_all(produced)
+
+
+def _progress_chunk(index: int, progress: PromptProgress) -> dict[str, Any]:
+    """llama-server's streamed prompt progress, with the timings so far."""
+    evaluated = progress.processed - progress.cache
+    timings = Usage(prompt_tokens=progress.processed, cached_tokens=progress.cache,
+                    prompt_ms=progress.time_ms).timings()  # fmt: skip
+    return {
+        "index": index, "content": "", "tokens": [], "stop": False, "id_slot": -1,
+        "tokens_predicted": 0, "tokens_evaluated": evaluated,
+        "prompt_progress": progress.as_dict(), "timings": timings,
+    }  # fmt: skip
 
 
 def generation_settings(
@@ -134,16 +150,22 @@ def generation_settings(
     }
 
 
-def _probabilities(events: list[Event]) -> list[dict[str, Any]]:
+def _probabilities(events: list[Event], post_sampling: bool = False) -> list[dict[str, Any]]:
+    """llama-server's completion_probabilities: logprobs, or with post_sampling_probs the
+    probabilities the sampler chain left (`prob`, `top_probs`; none of zero)."""
+    value, alternatives = ("prob", "top_probs") if post_sampling else ("logprob", "top_logprobs")
+
     def entry(token: int, piece: bytes, logprob: float) -> dict[str, Any]:
-        return {"id": token, "token": piece_text(piece), "logprob": logprob, "bytes": list(piece)}
+        number = math.exp(logprob) if post_sampling else logprob
+        return {"id": token, "token": piece_text(piece), value: number, "bytes": list(piece)}
 
     rows = []
     for event in events:
         for item in event.logprobs:
             assert isinstance(item, TokenLogprob)
             row = entry(item.token, item.piece, item.logprob)
-            row["top_logprobs"] = [entry(t, p, lp) for t, p, lp in item.top]
+            top = [(t, p, lp) for t, p, lp in item.top if not (post_sampling and math.isinf(lp))]
+            row[alternatives] = [entry(t, p, lp) for t, p, lp in top]
             rows.append(row)
     return rows
 

@@ -95,6 +95,13 @@ def _paths() -> dict[str, Any]:
         "/props": _get("the model, its context and the default generation settings"),
         "/metrics": _get("counters and gauges in Prometheus' text format", "text/plain"),
         "/slots": _get("each slot: idle or processing, its prompt, cached and generated tokens"),
+        "/cors-proxy": {
+            **_get("fetch the `url` query parameter's URL (with --ui-mcp-proxy; 403 without)", "*/*"),
+            "post": {
+                "summary": "as GET, with the body forwarded",
+                "responses": {"200": {"description": "the proxied answer"}, "403": {"description": "off"}},
+            },
+        },
         "/v1/completions": _post("OpenAI's legacy text completion", requests.TextCompletionRequest),
         "/completion": _post("llama-server's native completion", requests.LlamaCompletionRequest),
         "/completions": _post("as /completion", requests.LlamaCompletionRequest),

@@ -58,6 +58,8 @@ class Generation:
     ignore_eos: bool
     logprobs: int | None = None  # None: off; k: each token's logprob and its k best rivals
     cache_prompt: bool = True
+    return_progress: bool = False
+    post_sampling_probs: bool = False
 
 
 # ------------------------------------------------------------ several forms
@@ -196,6 +198,12 @@ class GenerationRequest(Struct, kw_only=True):
     stream: Annotated[bool, Meta(description="Send the reply as server-sent events.")] = False
     stream_options: StreamOptions | None = None
     verbose: Annotated[bool, Meta(description="Add __verbose: the prompt as the model saw it.")] = False
+    return_progress: Annotated[
+        bool, Meta(description="Stream the prompt's evaluation progress (prompt_progress).")
+    ] = False
+    post_sampling_probs: Annotated[
+        bool, Meta(description="Probabilities after the sampler chain (prob, top_probs) instead of logprobs.")
+    ] = False
     grammar: Annotated[str | None, Meta(description="A GBNF grammar the reply follows.")] = None
     json_schema: Annotated[dict[str, Any] | None, Meta(description="A JSON schema the reply follows.")] = None
     logit_bias: Annotated[
@@ -230,6 +238,8 @@ class GenerationRequest(Struct, kw_only=True):
             self.ignore_eos,
             logprobs=self.logprob_alternatives(),
             cache_prompt=cache_prompt,
+            return_progress=self.return_progress and self.stream,
+            post_sampling_probs=self.post_sampling_probs,
         )
 
     def token_limit(self) -> int | None:
@@ -352,7 +362,9 @@ class ChatCompletionRequest(OpenAIRequest, kw_only=True):
         Literal["auto", "deepseek", "deepseek-legacy", "none"] | None,
         Meta(description="Where <think> text goes; default: the server's --reasoning-format."),
     ] = None
-    add_generation_prompt: Annotated[bool, Meta(description="End the prompt with the reply's header.")] = True
+    add_generation_prompt: Annotated[
+        bool | None, Meta(description="End the prompt with the reply's header (default: true).")
+    ] = None
     continue_final_message: Annotated[
         bool | Literal["content", "reasoning_content"] | None,
         Meta(description="Continue the last (assistant) message; default: when the chat ends with one."),

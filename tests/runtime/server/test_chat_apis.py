@@ -161,3 +161,40 @@ async def test_responses_function_call(oai):
     )  # fmt: skip
     (call,) = [item for item in response.output if item.type == "function_call"]
     assert call.name == "get_weather" and "city" in json.loads(call.arguments)
+
+
+# ------------------------------------------------------------ real templates
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["Qwen-Qwen2.5-7B-Instruct", "meta-llama-Llama-3.3-70B-Instruct", "mistralai-Mistral-Nemo-Instruct-2407"],
+)
+async def test_tool_calls_in_each_family_format(gemma_gguf, aiohttp_server, aiohttp_client, template):
+    """Gemma served with another family's template: a required call is held to that family's
+    format by the grammar, and parsed back into `tool_calls` from it, whole and streamed."""
+    from llamapack.runtime.fileformat import ChatTemplateChoice
+    from tests.support.api import gemma_backend
+    from tests.support.llama_cpp_source import llama_cpp_templates
+
+    text = llama_cpp_templates()[template]
+    backend = gemma_backend(gemma_gguf, ctx_size=2048, parallel=1,
+                            chat_template=ChatTemplateChoice("jinja", template, text=text))  # fmt: skip
+    try:
+        server = await aiohttp_server(gemma_app(backend))
+        await wait_ready(await aiohttp_client(server))
+        url = str(server.make_url("/v1"))
+        async with openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0) as oai:
+            asked = {"model": ALIAS, "messages": ASK, "tools": [WEATHER], "tool_choice": "required",
+                     "parallel_tool_calls": False, "max_tokens": 96, "temperature": 0}  # fmt: skip
+            reply = await oai.chat.completions.create(**asked)
+            (call,) = reply.choices[0].message.tool_calls
+            assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
+            assert reply.choices[0].finish_reason == "tool_calls"
+            arguments = ""
+            async for chunk in await oai.chat.completions.create(**asked, stream=True):
+                for piece in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+                    arguments += piece.function.arguments or ""
+            assert json.loads(arguments) == json.loads(call.function.arguments)
+    finally:
+        backend.close()

@@ -270,3 +270,79 @@ async def test_system_prompt_for_chats_that_bring_none(aiohttp_client, backend):
     assert "You are a pirate." in bare["prompt"]
     own = await post(client, "/apply-template", {"messages": BOOK})
     assert "pirate" not in own["prompt"] and "Book" in own["prompt"]
+
+
+async def test_vertex_ai_predictions(aiohttp_client, backend):
+    from llamapack.runtime.server.vertex import VertexSettings, request_format
+
+    assert request_format("/v1/chat/completions") == "chatCompletions"
+    assert request_format("/apply-template") == "applyTemplate"
+    client = await aiohttp_client(gemma_app(backend, vertex=VertexSettings()))
+    await wait_ready(client)
+    chat = {"@requestFormat": "chatCompletions", "max_tokens": 4, "messages": BOOK, "stream": True}
+    answer = await post(client, "/predict", {"instances": [
+        chat,
+        {"@requestFormat": "/apply-template", "messages": BOOK},
+        {"@requestFormat": "chatCompletions", "messages": "not a list"},
+        {"@requestFormat": "noSuchRoute"},
+        "not an object",
+    ]})  # fmt: skip
+    reply, applied, bad, unknown, junk = answer["predictions"]
+    assert reply["choices"][0]["message"]["role"] == "assistant"  # not streamed: one answer each
+    assert applied["prompt"].endswith("<start_of_turn>model\n")
+    assert bad["error"]["param"] == "messages" and "noSuchRoute" in unknown["error"]["message"]
+    assert "JSON object" in junk["error"]["message"]
+    missing = await client.post("/predict", json={"instances": 3})
+    assert missing.status == 400
+
+
+@pytest.fixture(scope="module")
+def small_batch_backend(gemma_gguf):
+    shared = gemma_backend(gemma_gguf, ctx_size=512, parallel=1, n_batch=32)
+    yield shared
+    shared.close()
+
+
+async def test_prompt_progress_as_each_batch_is_evaluated(aiohttp_client, small_batch_backend):
+    client = await aiohttp_client(gemma_app(small_batch_backend))
+    await wait_ready(client)
+    prompt = "the quick brown fox jumps over the lazy dog " * 8
+    body = {"prompt": prompt, "n_predict": 2, "stream": True, "return_progress": True, "cache_prompt": False}
+    chunks = sse_json(await sse_data(await client.post("/completion", json=body)))
+    progress = [chunk for chunk in chunks if "prompt_progress" in chunk]
+    total = progress[0]["prompt_progress"]["total"]
+    assert len(progress) == 1 + -(-total // 32)  # the start, then each batch of 32
+    assert progress[0]["timings"]["prompt_n"] == 0 and progress[0]["timings"]["prompt_ms"] == 0.0
+    processed = [p["prompt_progress"]["processed"] for p in progress]
+    assert processed == sorted(processed) and processed[-1] == total
+    chat = {"messages": BOOK, "max_tokens": 2, "stream": True, "return_progress": True}
+    chat_chunks = sse_json(await sse_data(await client.post("/v1/chat/completions", json=chat)))
+    assert any("prompt_progress" in chunk for chunk in chat_chunks)
+    plain = sse_json(
+        await sse_data(await client.post("/completion", json={**body, "return_progress": False}))
+    )
+    assert not any("prompt_progress" in chunk for chunk in plain)
+
+
+async def test_post_sampling_probabilities(client):
+    body = {"prompt": "Today was the day. Today I would finally become a", "n_probs": 10, "n_predict": 5,
+            "temperature": 1.0, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 1}  # fmt: skip
+    raw = (await post(client, "/completion", body))["completion_probabilities"]
+    after = (await post(client, "/completion", {**body, "post_sampling_probs": True}))[
+        "completion_probabilities"
+    ]
+    assert len(after) == 5 and [row["id"] for row in after] == [
+        row["id"] for row in raw
+    ]  # same seed, same text
+    for row in after:
+        assert "logprob" not in row and 0.0 < row["prob"] <= 1.0
+        probs = [alt["prob"] for alt in row["top_probs"]]
+        assert all(0.0 < p <= 1.0 for p in probs) and probs == sorted(probs, reverse=True)
+        if len(probs) < 10:  # fewer candidates survived the chain than asked for: they are all of it
+            assert sum(probs) == pytest.approx(1.0)
+    # The chain keeps fewer tokens than the model's own distribution holds, so what is left weighs more.
+    assert after[0]["top_probs"][0]["prob"] >= math.exp(raw[0]["top_logprobs"][0]["logprob"])
+    greedy = await post(client, "/completion", {**body, "temperature": 0, "post_sampling_probs": True})
+    assert all(
+        row["prob"] == 1.0 and len(row["top_probs"]) == 1 for row in greedy["completion_probabilities"]
+    )
