@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     server.add_argument(
         "--cors-origin", "--cors-origins", metavar="ORIGIN",
-        help="let web pages from ORIGIN (e.g. https://app.example) call the API; "
-        "by default no other web origin may",
+        help="let web pages from ORIGIN (e.g. https://app.example) call the API, or from any origin "
+        "with '*' (llama-server's default); by default no other web origin may",
     )  # fmt: skip
     server.add_argument(
         "--max-body", type=int, default=10 * 1024 * 1024, metavar="BYTES",

@@ -216,7 +216,11 @@ class Engine:
         if status != 0:
             # 1: no room left in the KV cache for this batch. Every slot in it
             # ends; the next step starts clean.
-            reason = "the context is full" if status == 1 else f"llama_decode failed ({status})"
+            reason = (
+                "context size has been exceeded: the requests in flight filled it (-c sets its size)"
+                if status == 1
+                else f"llama_decode failed ({status})"
+            )
             for run in active:
                 self._finish(run, "length", error=reason)
             return

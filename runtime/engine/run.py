@@ -7,6 +7,9 @@ no run or a complete one, never fields left over from the previous request.
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 from llamapack.runtime.engine.events import Event, PromptProgress, Request, TokenLogprob, Usage
 from llamapack.runtime.engine.slots import Slot
 from llamapack.runtime.engine.stops import StopFilter
@@ -61,12 +64,18 @@ class Run:
 
     def _send(self, text: str) -> str | None:
         if text:
-            self.request.on_event(Event(text=text, logprobs=self.pending))
+            self.request.on_event(Event(text=text, logprobs=self.pending, usage=self._usage_so_far()))
             self.pending = []
         if self.stops.met is not None:
             # Tokens of the stop string and after it: their text is never sent.
             self.pending = []
         return self.stops.met
+
+    def _usage_so_far(self) -> Usage:
+        """For timings with each piece (llama-server's timings_per_token)."""
+        now = time.perf_counter()
+        predicted_ms = (now - self.first_token_at) * 1000.0 if self.first_token_at else 0.0
+        return dataclasses.replace(self.usage, completion_tokens=self.generated, predicted_ms=predicted_ms)
 
     def final_usage(self, now: float) -> Usage:
         self.usage.completion_tokens = self.generated

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 import threading
@@ -232,6 +233,11 @@ class Model:
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama.llama_vocab_is_eog(self.vocab, token))
+
+    @functools.cached_property
+    def end_of_generation_tokens(self) -> tuple[int, ...]:
+        """Every token that ends generation (EOS, EOT, ...): a vocabulary scan, once."""
+        return tuple(token for token in range(self.n_vocab) if llama.llama_vocab_is_eog(self.vocab, token))
 
     @property
     def bos_text(self) -> str:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from llamapack.runtime.server import anthropic, chat
 from llamapack.runtime.server.common import CONFIG, json_body, send_sse
+from llamapack.runtime.server.requests import MessagesChatRequest
 
 
 def add_routes(app: web.Application) -> None:
@@ -22,7 +23,7 @@ def add_routes(app: web.Application) -> None:
 
 async def messages(request: web.Request) -> web.StreamResponse:
     body = anthropic.to_chat_request(await json_body(request))
-    job = await chat.prepare(request, body)
+    job = await chat.prepare(request, body, MessagesChatRequest)
     if not job.chat.stream:
         reply = await chat.reply(request, job)
         return web.json_response(anthropic.to_message(reply, stop_sequence=job.stopping_words.get(0) or None))
@@ -46,5 +47,5 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 async def count_tokens(request: web.Request) -> web.Response:
     body = anthropic.count_tokens_request(await json_body(request))
-    job = await chat.prepare(request, body)
+    job = await chat.prepare(request, body, MessagesChatRequest)
     return web.json_response(anthropic.count_tokens_reply(len(job.prompt.tokens)))

@@ -56,9 +56,11 @@ class ChatJob:
     stopping_words: dict[int, str] = field(default_factory=dict)
 
 
-async def prepare(request: web.Request, body: dict[str, Any]) -> ChatJob:
+async def prepare(
+    request: web.Request, body: dict[str, Any], kind: type[ChatCompletionRequest] = ChatCompletionRequest
+) -> ChatJob:
     config = request.app[CONFIG]
-    chat = parse(body, ChatCompletionRequest, config.request_defaults)
+    chat = parse(body, kind, config.request_defaults)
     backend = backend_of(request)
     if chat.n > backend.engine.n_parallel:
         raise BadRequest(f"'n' must be at most {backend.engine.n_parallel}, the server's slots", "n")
@@ -177,7 +179,10 @@ async def _stream(
                 pending[index].append(event)
             for delta in deltas:
                 called[index] = called[index] or "tool_calls" in delta
-                yield chunk(index, delta, pending[index])
+                piece = chunk(index, delta, pending[index])
+                if job.chat.timings_per_token and event.finish_reason is None:
+                    piece["timings"] = event.usage.timings()
+                yield piece
                 pending[index] = []
             if event.finish_reason is not None:
                 lasts[index] = event

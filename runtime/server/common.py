@@ -175,7 +175,7 @@ async def collect(events: AsyncIterator[Event]) -> tuple[str, Event, list[Event]
         if event.text or event.logprobs:
             parts.append(event)
         last = event
-    if last.error and not last.usage.completion_tokens:
+    if last.error:  # a reply cut short by a failure is an error, not a shorter reply (llama-server's)
         raise EngineFailure(last.error)
     return "".join(e.text for e in parts), last, parts
 

@@ -131,7 +131,8 @@ def middlewares(config: ServerConfig) -> list[Any]:
         origin = request.headers.get("Origin")
         if origin is None or _same_origin(origin, request):
             return await handler(request)
-        allowed = allowed_origin is not None and origin.rstrip("/").lower() == allowed_origin
+        # "*": any origin, llama-server's default, for a server meant to be called from any page.
+        allowed = allowed_origin is not None and allowed_origin in ("*", origin.rstrip("/").lower())
         if not allowed and (request.method == "OPTIONS" or request.method not in ("GET", "HEAD")):
             return error_response(
                 403, f"requests from the web origin {origin} are not allowed; see --cors-origin",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -57,6 +57,8 @@ async def completion(request: web.Request) -> web.StreamResponse:
     prompts = await asyncio.to_thread(prompt_tokens, backend, completion.prompt)
     alias = request.app[CONFIG].model_alias
 
+    settings = generation_settings(generation, eog_tokens=backend.model.end_of_generation_tokens)
+
     def final(index: int, content: str, last: Event, parts: list[Event]) -> dict[str, Any]:
         usage = last.usage
         reply: dict[str, Any] = {
@@ -68,7 +70,7 @@ async def completion(request: web.Request) -> web.StreamResponse:
             "model": alias,
             "tokens_predicted": usage.completion_tokens,
             "tokens_evaluated": usage.prompt_tokens,
-            "generation_settings": generation_settings(generation),
+            "generation_settings": settings,
             "prompt": "",
             "has_new_line": "\n" in content,
             "truncated": False,
@@ -102,6 +104,8 @@ async def completion(request: web.Request) -> web.StreamResponse:
                     if generation.logprobs is not None:
                         probabilities = _probabilities([event], generation.post_sampling_probs)
                         piece["completion_probabilities"] = probabilities
+                    if completion.timings_per_token:
+                        piece["timings"] = event.usage.timings()
                     yield piece
                 if event.finish_reason is not None:
                     yield final(index, "", event, [])
@@ -124,7 +128,9 @@ def _progress_chunk(index: int, progress: PromptProgress) -> dict[str, Any]:
 
 
 def generation_settings(
-    generation: Generation | None = None, defaults: dict[str, Any] | None = None
+    generation: Generation | None = None,
+    defaults: dict[str, Any] | None = None,
+    eog_tokens: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The sampling parameters, named as llama-server names them: a request's, or
     the server's defaults."""
@@ -144,6 +150,15 @@ def generation_settings(
         "frequency_penalty": sampling.frequency_penalty,
         "stop": generation.stop,
         "ignore_eos": generation.ignore_eos,
+        # llama-server lists the biases it samples with; ignore_eos bans the end-of-generation
+        # tokens (bias -inf, null in JSON).
+        "logit_bias": [
+            {"token": token, "bias": None if math.isinf(bias) else bias}
+            for token, bias in [
+                *sampling.logit_bias,
+                *((t, -math.inf) for t in eog_tokens if generation.ignore_eos),
+            ]
+        ],
         "n_probs": generation.logprobs or 0,
         "cache_prompt": generation.cache_prompt,
         "grammar": sampling.grammar or "",

@@ -99,6 +99,7 @@ def _paths() -> dict[str, Any]:
             **_get("fetch the `url` query parameter's URL (with --ui-mcp-proxy; 403 without)", "*/*"),
             "post": {
                 "summary": "as GET, with the body forwarded",
+                "requestBody": {"content": {"*/*": {}}},
                 "responses": {"200": {"description": "the proxied answer"}, "403": {"description": "off"}},
             },
         },

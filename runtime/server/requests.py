@@ -198,6 +198,7 @@ class GenerationRequest(Struct, kw_only=True):
     stream: Annotated[bool, Meta(description="Send the reply as server-sent events.")] = False
     stream_options: StreamOptions | None = None
     verbose: Annotated[bool, Meta(description="Add __verbose: the prompt as the model saw it.")] = False
+    timings_per_token: Annotated[bool, Meta(description="Streamed pieces carry the timings so far.")] = False
     return_progress: Annotated[
         bool, Meta(description="Stream the prompt's evaluation progress (prompt_progress).")
     ] = False
@@ -381,6 +382,13 @@ class ChatCompletionRequest(OpenAIRequest, kw_only=True):
                 raise BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs")
             return None
         return self.top_logprobs
+
+
+class MessagesChatRequest(ChatCompletionRequest, kw_only=True):
+    """A chat request translated from Anthropic's Messages API, which (as llama-server)
+    takes an empty conversation: the template alone makes the prompt."""
+
+    messages: list[Message] = []
 
 
 class TextCompletionRequest(OpenAIRequest, kw_only=True):

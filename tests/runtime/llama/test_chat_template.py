@@ -3,9 +3,8 @@
 Expected texts come from llama.cpp itself: its server test suite
 (tools/server/tests/unit/test_template.py, test_chat_completion.py) and its chat
 template tests (tests/test-chat-template.cpp). The templates in chat_templates/ are
-copies of llama.cpp's models/templates/ at the pinned version; the whole set is
-rendered when llama.cpp's source is unpacked beside the benchmarks (bench/work/, as
-`python -m bench.run` and the peer suite leave it) or named by LLAMA_CPP_SOURCE.
+copies of llama.cpp's models/templates/ at the pinned version; the whole set comes
+from the pinned sdist (tests/support/llama_cpp_source.py, fetched once into the cache).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import ast
 import datetime
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from llamapack.runtime.llama.chat_template import (
     ChatTemplateError,
     continues_final_message,
 )
+from tests.support.llama_cpp_source import llama_cpp_source
 
 ROOT = Path(__file__).resolve().parents[3]
 TEMPLATES = Path(__file__).with_name("chat_templates")
@@ -300,21 +299,8 @@ def test_llama_cpp_chat_template_cases(template, bos, eos, expected):
 # ------------------------------------------------------------ the whole vendored set
 
 
-def llama_cpp_source() -> Path | None:
-    """llama.cpp's source at the version our engine is built from, when unpacked here."""
-    if os.environ.get("LLAMA_CPP_SOURCE"):
-        return Path(os.environ["LLAMA_CPP_SOURCE"])
-    pin = re.search(r'"llama-cpp-python==([^"]+)"', (ROOT / "pyproject.toml").read_text())
-    version = pin.group(1) if pin else "*"
-    found = sorted((ROOT / "bench" / "work").glob(f"llama_cpp_python-{version}/vendor/llama.cpp"))
-    return found[-1] if found else None
-
-
 SOURCE = llama_cpp_source()
-needs_source = pytest.mark.skipif(
-    SOURCE is None, reason="llama.cpp's source is not unpacked under bench/work/ (or LLAMA_CPP_SOURCE)"
-)
-ALL_TEMPLATES = sorted((SOURCE / "models" / "templates").glob("*.jinja")) if SOURCE else []
+ALL_TEMPLATES = sorted((SOURCE / "models" / "templates").glob("*.jinja"))
 # Templates that refuse a tool result followed by a user turn, with no assistant
 # answer between: they require strictly alternating user and assistant turns.
 ALTERNATING_ONLY = {
@@ -326,7 +312,6 @@ ALTERNATING_ONLY = {
 USER_AND_MODEL_ONLY = {"google-gemma-2-2b-it"}
 
 
-@needs_source
 @pytest.mark.parametrize("path", ALL_TEMPLATES, ids=lambda p: p.stem)
 def test_every_llama_cpp_template_renders_a_tool_conversation(path):
     chat = formatter(path.read_text(), bos_text="<s>", eos_text="</s>")
@@ -348,13 +333,10 @@ def test_every_llama_cpp_template_renders_a_tool_conversation(path):
 
 def test_the_copies_here_are_llama_cpps_own():
     # The files copied here are byte for byte llama.cpp's, so the set above covers them.
-    if SOURCE is None:
-        pytest.skip("llama.cpp's source is not unpacked")
     for copy in TEMPLATES.glob("*.jinja"):
         assert copy.read_bytes() == (SOURCE / "models" / "templates" / copy.name).read_bytes(), copy.name
 
 
-@needs_source
 def test_every_test_chat_template_cpp_case():
     """All of llama.cpp's tests/test-chat-template.cpp cases, Jinja and built-in."""
     cases = _test_chat_template_cases((SOURCE / "tests" / "test-chat-template.cpp").read_text())
@@ -406,11 +388,12 @@ ECHO_MESSAGES = "{{ messages | tojson }}"
 
 def passed(template: str, messages: list[dict[str, Any]], **options: Any) -> list[dict[str, Any]]:
     """The `messages` a template receives (the template prints them as JSON)."""
-    return json.loads(formatter(template).format(messages, **options).text)
+    messages_seen: list[dict[str, Any]] = json.loads(formatter(template).format(messages, **options).text)
+    return messages_seen
 
 
 def test_messages_are_written_back_as_llama_server_writes_them():
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": "Hi", "name": None},
         {"role": "assistant", "content": None, "reasoning_content": "Let me look.",
          "tool_calls": [{"type": "function", "id": "c1", "function": {"name": "f", "arguments": {"x": 1}}}]},

@@ -102,7 +102,7 @@ async def test_streaming_chat_completion(client):
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text
     finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     assert finals[-1]["choices"][0]["finish_reason"] == "length"

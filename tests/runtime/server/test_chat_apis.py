@@ -185,7 +185,7 @@ async def test_tool_calls_in_each_family_format(gemma_gguf, aiohttp_server, aioh
         await wait_ready(await aiohttp_client(server))
         url = str(server.make_url("/v1"))
         async with openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0) as oai:
-            asked = {"model": ALIAS, "messages": ASK, "tools": [WEATHER], "tool_choice": "required",
+            asked: Any = {"model": ALIAS, "messages": ASK, "tools": [WEATHER], "tool_choice": "required",
                      "parallel_tool_calls": False, "max_tokens": 96, "temperature": 0}  # fmt: skip
             reply = await oai.chat.completions.create(**asked)
             (call,) = reply.choices[0].message.tool_calls

@@ -148,6 +148,14 @@ async def test_cors_origin_allows_exactly_one(aiohttp_client, backend):
     assert other.status == 403
 
 
+async def test_cors_origin_star_allows_any_as_llama_server(aiohttp_client, backend):
+    client = await ready_client(aiohttp_client, backend, cors_origin="*")
+    for origin in ("https://web.mydomain.fr", "http://localhost:3000"):
+        asking = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+        preflight = await client.options(CHAT, headers=asking)
+        assert preflight.status == 204 and preflight.headers["Access-Control-Allow-Origin"] == origin
+
+
 # ------------------------------------------------------------- static files
 
 
