@@ -19,7 +19,7 @@ PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.
 WHEELHOUSE ?= $(HOME)/.cache/llamapack/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-dispatch-$(PY_TAG)
 DEMO_FILE := dist/gemma-3-270m-q4_k_m
 
-.PHONY: setup demo build-demo test test-fast cross-check lint typecheck format docs bench clean
+.PHONY: setup demo build-demo test test-fast cross-check lint typecheck format docs bench compat clean
 
 setup: $(VENV)/.installed
 
@@ -84,6 +84,11 @@ docs: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+
+# llama.cpp's own server test suite run against llama-server and against a built file,
+# both on the same GGUF, one after the other; writes compat/RESULTS.md.
+compat: setup
+	$(BIN)/python -m compat.peer_suite
 
 clean:
 	rm -rf dist build .pytest_cache .mypy_cache .ruff_cache
