@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -130,16 +131,22 @@ def run_side(side: Side, python: Path, suite: Path, chosen: list[str], timeout_s
         "-q", "--tb=short", f"--timeout={timeout_s}", f"--junitxml={junit}",
     ]  # fmt: skip
     log(f"{side.name}: running the suite (output in {output})...")
-    with output.open("w") as sink:
+    # Line-buffered: what a killed run printed is still there to read.
+    with output.open("w", buffering=1) as sink:
         process = subprocess.Popen(
             command, cwd=suite, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        assert process.stdout is not None
-        for line in process.stdout:
-            sink.write(line)
-            if _PROGRESS.search(line):
-                log(f"  {side.name}: {line.strip()}")
-        status = process.wait()
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                sink.write(line)
+                if _PROGRESS.search(line):
+                    log(f"  {side.name}: {line.strip()}")
+        finally:
+            # Interrupted here, the suite gets SIGTERM too: compat.plugin then stops its servers.
+            if process.poll() is None:
+                process.terminate()
+            status = process.wait()
     # 0: all passed, 1: some failed; anything else means the suite itself did not run.
     if status not in (0, 1):
         raise SystemExit(f"{side.name}: pytest exited with status {status}; see {output}")
@@ -170,8 +177,13 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
     options = parse_options(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the running suite is stopped cleanly
     from bench.run import LLAMA_CPP_PYTHON, gemma_gguf, llama_server, machine
 
     work: Path = options.work.resolve()

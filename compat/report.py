@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from compat.junit import SuiteRun
-from compat.verdicts import OURS, PEER, Row, Verdict, causes, flag_counts, summarize
+from compat.verdicts import OURS, PEER, Row, Verdict, causes, flag_counts, own_causes, summarize
 
 TARGET = 0.95  # issue 14: ours passes at least this share of what llama-server passes
 
@@ -85,6 +85,8 @@ def render(rows: Sequence[Row], info: RunInfo) -> str:
     parts += _peer_only(rows)
     parts += _listing(rows, Verdict.OURS_ONLY, f"Passed on {OURS} only", PEER)
     parts += _listing(rows, Verdict.NEITHER, "Passed on neither", None)
+    parts += _own_causes(rows)
+    parts += _slowest(rows)
     parts += _skipped(rows, Verdict.NOT_APPLICABLE, "Not applicable here")
     parts += _skipped(rows, Verdict.SKIPPED, "Skipped by the suite itself")
     return "\n".join(parts) + "\n"
@@ -167,3 +169,26 @@ def _skipped(rows: Sequence[Row], verdict: Verdict, title: str) -> list[str]:
     lines = ["", f"## {title}", "", "| test | reason |", "|---|---|"]
     lines += [f"| {code(row.test_id)} | {cell(row.reason)} |" for row in wanted]
     return lines
+
+
+def _slowest(rows: Sequence[Row], count: int = 15) -> list[str]:
+    """Where ours took longest: a hang or a generation that ignores its limit shows here."""
+    timed = [row for row in rows if row.ours is not None and row.ours.status != "skipped"]
+    timed.sort(key=lambda row: row.ours.seconds if row.ours else 0.0, reverse=True)
+    if not timed:
+        return []
+    lines = ["", f"## Slowest on {OURS}", "", f"| test | {OURS} | {PEER} | verdict |", "|---|---|---|---|"]
+    for row in timed[:count]:
+        ours = f"{row.ours.seconds:.1f} s" if row.ours else "-"
+        peer = f"{row.peer.seconds:.1f} s" if row.peer else "-"
+        lines.append(f"| {code(row.test_id)} | {ours} | {peer} | {row.verdict.value} |")
+    return lines
+
+
+def _own_causes(rows: Sequence[Row]) -> list[str]:
+    counted = own_causes(rows)
+    if not counted:
+        return []
+    lines = ["", f"Among those, {OURS}'s failures that differ from {PEER}'s, by cause:", ""]
+    lines += ["| cause | tests |", "|---|---|"]
+    return lines + [f"| {cell(text)} | {count} |" for text, count in counted.most_common()]

@@ -80,6 +80,8 @@ def test_lists_say_why_each_test_did_not_pass_or_count() -> None:
     assert f"| `unit/test_a.py::test_2` | {REFUSED} |" in peer_only
     neither = text.split("## Passed on neither")[1].split("## Not applicable here")[0]
     assert "| `unit/test_a.py::test_3` | AssertionError: wrong \\| story | AssertionError: other |" in neither
+    assert "llamapack's failures that differ from llama-server's, by cause:" in neither
+    assert "| AssertionError: other | 1 |" in neither
     not_applicable = text.split("## Not applicable here")[1].split("## Skipped by the suite itself")[0]
     assert "| `unit/test_b.py::test_4` | needs model bert |" in not_applicable
     assert "| `unit/test_b.py::test_5` | fails on linux |" in text.split("## Skipped by the suite itself")[1]
@@ -93,3 +95,14 @@ def test_cells_stay_on_one_line() -> None:
 
 def test_durations_read_in_seconds_then_minutes() -> None:
     assert (duration(45.4), duration(119.0), duration(150.0)) == ("45 s", "119 s", "2.5 min")
+
+
+def test_the_slowest_tests_on_ours_are_listed_with_the_peers_time() -> None:
+    peer = [Outcome("unit/t.py::fast", "passed", "", 2.0), Outcome("unit/t.py::slow", "passed", "", 3.0)]
+    ours = [
+        Outcome("unit/t.py::fast", "passed", "", 1.0),
+        Outcome("unit/t.py::slow", "failed", "Failed: Timeout >300.0s", 300.5),
+    ]
+    slowest = report(peer, ours).split("## Slowest on llamapack")[1]
+    slow = slowest.index("`unit/t.py::slow` | 300.5 s | 3.0 s | passed on llama-server only |")
+    assert slow < slowest.index("`unit/t.py::fast` | 1.0 s | 2.0 s | passed on both |")

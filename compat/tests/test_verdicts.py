@@ -9,6 +9,7 @@ from compat.verdicts import (
     causes,
     compare,
     flag_counts,
+    own_causes,
     summarize,
     unknown_flags,
 )
@@ -113,3 +114,19 @@ def test_causes_and_flags_count_only_the_tests_llama_server_passed() -> None:
         ("AssertionError: assert 'x' == 'y'", 1),
     ]
     assert flag_counts(rows) == {"--no-slots": 2, "--offline": 1, "--batch-size": 1, "-ctk": 1}
+
+
+def test_own_causes_are_ours_where_both_failed_differently() -> None:
+    peer = side(
+        outcome("n::1", "failed", "assert 41 == 69"),
+        outcome("n::2", "failed", "assert 41 == 69"),
+        outcome("n::3", "failed", "assert 2 == 1"),
+        outcome("n::4", "passed"),
+    )
+    ours = side(
+        outcome("n::1", "failed", "KeyError: 'system_fingerprint'"),
+        outcome("n::2", "failed", "KeyError: 'system_fingerprint'"),
+        outcome("n::3", "failed", "assert 2 == 1"),
+        outcome("n::4", "failed", "KeyError: 'x'"),
+    )
+    assert own_causes(compare(peer, ours)) == {"KeyError: 'system_fingerprint'": 2}
