@@ -21,6 +21,7 @@ from llamapack.runtime.server.toolcalls.jsoncalls import (
     offered,
     scan_call_array,
     scan_call_object,
+    take_call,
 )
 from llamapack.runtime.server.toolcalls.jsonscan import (
     decode_string,
@@ -122,12 +123,7 @@ def scan_llama_3(text: str, start: int, marker: str, tools: frozenset[str]) -> B
     block = BlockScan()
     i = start
     while True:
-        call, end, failed_at = scan_call_object(text, i, LLAMA_3_KEYS, tools)
-        if call.name is not None:
-            block.calls.append(call)
-        if failed_at is not None:
-            block.failed_at = failed_at if call.name is not None else i
-            return block
+        end = take_call(block, text, i, LLAMA_3_KEYS, tools)
         if end is None:
             return block
         j = skip_whitespace(text, end)

@@ -141,6 +141,18 @@ def scan_call_object(
             return call, None, None
 
 
+def take_call(block: BlockScan, text: str, i: int, keys: CallKeys, tools: frozenset[str]) -> int | None:
+    """The call object opening at text[i], added to `block`: where it ends, or None when
+    the block ends with it (the text stops inside it, or it failed: `failed_at` is set)."""
+    call, end, failed_at = scan_call_object(text, i, keys, tools)
+    if call.name is not None:
+        block.calls.append(call)
+    if failed_at is not None:
+        block.failed_at = failed_at if call.name is not None else i
+        return None
+    return end
+
+
 def scan_call_array(text: str, pos: int, keys: CallKeys, tools: frozenset[str]) -> BlockScan:
     """A JSON array of call objects opening at text[pos]."""
     block = BlockScan()
@@ -152,12 +164,7 @@ def scan_call_array(text: str, pos: int, keys: CallKeys, tools: frozenset[str]) 
         if text[i] != "{":
             block.failed_at = i
             return block
-        call, end, failed_at = scan_call_object(text, i, keys, tools)
-        if call.name is not None:
-            block.calls.append(call)
-        if failed_at is not None:
-            block.failed_at = failed_at if call.name is not None else i
-            return block
+        end = take_call(block, text, i, keys, tools)
         if end is None:
             return block
         i = skip_whitespace(text, end)
