@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
 
+import filelock
 import platformdirs
 
 from llamapack.runtime import __version__
@@ -115,8 +116,32 @@ def ensure_stub(runtime: Path | None = None, rebuild: bool = False, log: object 
     path = cached_stub_path()
     if path.is_file() and not rebuild:
         return StubInfo(path, path.parent.name, built=False)
-    build_stub(path, log=log)
+    with build_lock(target_name(), log):
+        # Another llamapack may have built it while this one waited.
+        if path.is_file() and not rebuild:
+            return StubInfo(path, path.parent.name, built=False)
+        build_stub(path, log=log)
     return StubInfo(path, path.parent.name, built=True)
+
+
+@contextlib.contextmanager
+def build_lock(target: str, log: object = None) -> Iterator[None]:
+    """One runtime build per target at a time on this machine: two builds of the
+    same stub (or of a cross target's shared engine, Wine prefix or arm64 root)
+    would race on the same cache folders."""
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(locks / f"runtime-{target}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        if callable(log):
+            log(f"waiting for another llamapack that builds the {target} runtime ({lock.lock_file})")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def build_stub(destination: Path, log: object = None) -> Path:

@@ -8,7 +8,6 @@ win wherever both set the same flag.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import os
@@ -31,6 +30,7 @@ from llamapack.runtime.fileformat import (
 
 if TYPE_CHECKING:  # loaded only when a model is: --help and --version stay fast
     import asyncio
+    from collections.abc import Callable
 
     from llamapack.runtime.backend import Backend, BackendOptions
 
@@ -471,12 +471,16 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
         if not args.nobrowser and args.ui:
             webbrowser.open(url)
 
+    # SIGTERM and SIGINT end the server alike: in-flight streams close and the
+    # process exits 0, so PyInstaller's bootloader removes its temporary folder.
+    loop = asyncio.new_event_loop()
+    stop = _stop_on_signals(loop)
     load_errors: list[str] = []
 
     def on_load_error(message: str) -> None:
         # Stop serving: a server that can never answer is worse than an exit.
         load_errors.append(message)
-        os.kill(os.getpid(), signal.SIGINT)
+        stop()
 
     wildcard = next((host for host in hosts if host in ("0.0.0.0", "::")), hosts[0])
     config = ServerConfig(
@@ -505,10 +509,6 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
         verbose=args.verbose,
     )
     print(f"{PROG}: loading {name}, serving on {url}", file=sys.stderr, flush=True)
-    # SIGTERM and SIGINT end the server alike: in-flight streams close and the
-    # process exits 0, so PyInstaller's bootloader removes its temporary folder.
-    loop = asyncio.new_event_loop()
-    _stop_on_signals(loop)
     # handler_cancellation: a client that hangs up on a non-streamed request
     # cancels its handler, which cancels the generation and frees the slot.
     web.run_app(
@@ -525,11 +525,20 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
     return 0
 
 
-def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> None:
+def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
     """The first SIGTERM or SIGINT shuts the server down gracefully; a second one
     during that shutdown (`pkill` hits both the bootloader, which forwards its
     signal, and this process) ends it at once with one line and 128 + the signal,
-    instead of a second exception inside aiohttp's clean-up."""
+    instead of a second exception inside aiohttp's clean-up.
+
+    Windows has no loop signal handlers: Ctrl-C (SIGINT) and Ctrl-Break (SIGBREAK,
+    which would otherwise end the process with status 3 and no word) get Python
+    handlers that hand over to the loop; the proactor loop wakes on them. Closing the
+    console ends this process at once, as Windows does by default, and the
+    bootloader (which outlives it for that) removes the unpacked runtime.
+
+    Returns what stops the server as the first signal would, for the server's own
+    reasons (a model that failed to load)."""
     from aiohttp.web_runner import GracefulExit
 
     stopping = False
@@ -543,9 +552,17 @@ def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> None:
         stopping = True
         raise GracefulExit()
 
-    for number in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C arrives as KeyboardInterrupt
+    if sys.platform == "win32":
+        for number in (signal.SIGINT, signal.SIGBREAK):
+            signal.signal(number, lambda number, _frame: loop.call_soon_threadsafe(on_signal, number))
+    else:
+        for number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(number, on_signal, number)
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(on_signal, signal.SIGINT)
+
+    return stop
 
 
 def announce_engine(backend: Backend) -> Backend:

@@ -19,7 +19,7 @@ from types import ModuleType
 from llamapack.runtime import __version__
 
 from ..errors import RuntimeStubError, UsageError
-from ..stub import STUB_NAME, StubInfo, cache_dir, llama_cpp_version, sources_digest
+from ..stub import STUB_NAME, StubInfo, build_lock, cache_dir, llama_cpp_version, sources_digest
 
 Log = Callable[[str], None]
 
@@ -65,7 +65,10 @@ def build_cross_stub(target: str, force: bool = False, log: Log | None = None) -
     path = cross_stub_path(target)
     if path.is_file() and not force:
         return StubInfo(path, path.parent.name, built=False)
-    _module(target).build_stub(path, log)
+    with build_lock(target, log):
+        if path.is_file() and not force:  # built by another llamapack while this one waited
+            return StubInfo(path, path.parent.name, built=False)
+        _module(target).build_stub(path, log)
     if not path.is_file():
         raise RuntimeStubError(f"the {target} runtime build wrote no {path}")
     return StubInfo(path, path.parent.name, built=True)

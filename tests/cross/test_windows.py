@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+import llamapack.runtime as runtime_package
 from llamapack.builder.cross import build_cross_stub, windows
 from llamapack.builder.targets import WINDOWS_MAX_FILE
 from tests.support.built_file import build_file, check_chat_and_page, get_json
@@ -178,3 +179,50 @@ def test_serves_health_chat_and_page_and_cleans_up_on_close(
     while _extractions() - before and time.monotonic() < deadline:
         time.sleep(0.5)  # Wine ends the bootloader's child a moment after it
     assert not _extractions() - before, f"left behind: {_extractions() - before}"
+
+
+# The runtime's signal set-up, run by the Windows CPython that builds the stub: the
+# first Ctrl-C or Ctrl-Break begins a graceful shutdown, a second one during it ends
+# the process at once with one line (without a handler, Ctrl-Break ends a Windows
+# process with status 3 and no word).
+SIGNAL_SCRIPT = """
+import asyncio, signal, sys
+sys.path.insert(0, sys.argv[2])
+from aiohttp.web_runner import GracefulExit
+from llamapack.runtime.cli import _stop_on_signals
+
+number = getattr(signal, sys.argv[1])
+loop = asyncio.new_event_loop()
+_stop_on_signals(loop)
+loop.call_later(0.2, signal.raise_signal, number)
+try:
+    loop.run_forever()
+except GracefulExit:
+    print("graceful shutdown begins", flush=True)
+loop.call_later(0.2, signal.raise_signal, number)
+loop.run_until_complete(asyncio.sleep(5))
+print("shutdown finished without the second signal", flush=True)
+"""
+
+
+@pytest.mark.parametrize(("name", "number"), [("SIGINT", 2), ("SIGBREAK", 21)])
+def test_ctrl_c_and_ctrl_break_shut_down_gracefully_then_at_once(
+    name: str, number: int, tmp_path: Path
+) -> None:
+    python = Path(windows.wine_env()["WINEPREFIX"]) / "drive_c" / windows.PYTHON_DIR / "python.exe"
+    if not python.is_file():
+        unavailable(f"no Windows CPython in the Wine prefix ({python})")
+    package = tmp_path / "path" / "llamapack"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "runtime").symlink_to(Path(runtime_package.__file__).parent)
+    script = tmp_path / "signals.py"
+    script.write_text(SIGNAL_SCRIPT)
+    run = subprocess.run(
+        ["wine", str(python), windows.windows_path(script), name, windows.windows_path(package.parent)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=UNDER_WINE, env=windows.wine_env(),
+    )  # fmt: skip
+    assert run.stdout.replace("\r\n", "\n") == "graceful shutdown begins\n", run.stderr
+    assert run.returncode == 128 + number
+    said = run.stderr.replace("\r\n", "\n")
+    assert said == f"llamapack-runtime: stopped at once ({name} during shutdown)\n"
