@@ -36,7 +36,7 @@ STUB_NAME = "llamapack-runtime"
 _LINUX_LIBS = ("libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0")
 _LINUX_CPU_LIB = "libggml-cpu.so.0"
 # Modules PyInstaller would otherwise pull in through optional imports.
-_EXCLUDES = ("tkinter", "IPython", "matplotlib", "pytest", "PIL", "pandas", "scipy", "gguf",
+_EXCLUDES = ("tkinter", "IPython", "matplotlib", "pytest", "PIL", "pandas", "scipy", "gguf", "numpy",
              "click", "tqdm", "platformdirs", "PyInstaller", "setuptools", "pip",
              "diskcache", "pydantic", "pydantic_core", "yaml", "openai", "huggingface_hub", "sqlite3",
              "llama_cpp.llama", "llama_cpp.server", "llama_cpp.llama_chat_format")  # fmt: skip
@@ -242,8 +242,8 @@ def stage_sources(root: Path, llama_cpp_dir: Path, llama_cpp_python: str) -> Pat
 
 def _stage_llama_cpp(source: Path, target: Path, llama_cpp_python: str) -> None:
     """llama_cpp's own `__init__` imports the high-level `Llama` class and with it
-    numpy (35 MB that every launch would unpack). The runtime uses only the
-    low-level bindings, so the stub gets the package with a lean `__init__`."""
+    numpy (13 MB of the stub, compressed). The runtime uses only the low-level
+    bindings, so the stub gets the package with a lean `__init__`."""
     target.mkdir(parents=True)
     for module in source.glob("*.py"):
         if module.name != "__init__.py":

@@ -48,6 +48,21 @@ def test_runtime_never_imports_builder() -> None:
     assert builder_imports_in_runtime(ROOT) == []
 
 
+def test_runtime_never_imports_what_the_stub_leaves_out() -> None:
+    """numpy and the rest of the stub's exclusions are not in the built file: an
+    import of one would work in tests here and fail in every built file."""
+    from llamapack.builder.stub import _EXCLUDES
+
+    left_out = {name for name in _EXCLUDES if "." not in name}
+    assert "numpy" in left_out
+    assert [
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in sorted((ROOT / "runtime").rglob("*.py"))
+        for module in _imported_modules(path, ROOT)
+        if module.split(".")[0] in left_out
+    ] == []
+
+
 def test_the_import_check_sees_every_form_of_builder_import(tmp_path: Path) -> None:
     engine = tmp_path / "runtime" / "engine"
     engine.mkdir(parents=True)

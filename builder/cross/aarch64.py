@@ -47,7 +47,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 VENV = "/opt/llamapack-venv"
 # What the runtime imports from outside the standard library (besides llama_cpp), and
 # PyInstaller: installed in the root at the versions this host has.
-RUNTIME_DEPS = ("aiohttp", "msgspec", "jinja2", "numpy", "pyinstaller")
+RUNTIME_DEPS = ("aiohttp", "msgspec", "jinja2", "pyinstaller")
 # Bump LIBS_RECIPE when the cmake options below change.
 LIBS_RECIPE = "r1"
 CMAKE_OPTIONS = (

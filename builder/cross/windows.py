@@ -15,7 +15,7 @@ Four cached steps under `cache_dir()/cross/windows/`, each finished by a stamp f
    that Python under Wine.
 
 Facts this recipe rests on (measured with Wine 8.0 and mingw-w64 10 on Debian 12):
-numpy 2.x crashes under Wine 8 (ucrtbase.crealf), 1.26.4 works; mingw-w64 10 lacks
+mingw-w64 10 lacks
 THREAD_POWER_THROTTLING_STATE (a force-included header supplies it); the
 sapphirerapids (AMX) variant does not assemble with GCC 12 and the runtime never loads
 AMX variants anyway; without `-Wl,--exclude-libs,ALL` the static libgcc clashes
@@ -60,11 +60,11 @@ PYTHON_DIR = "py311"
 VARIANTS = ("x64", "sse42", "sandybridge", "haswell", "skylakex", "icelake", "alderlake", "zen4")
 # Raised whenever the compile recipe below changes: the engine folder's name has it.
 ENGINE_RECIPE = 2
-# The runtime's imports, pinned to what this host's runtime runs with, except numpy
-# (2.x crashes under Wine 8). pefile and pywin32-ctypes are PyInstaller's Windows-only
-# dependencies, which `pip download --platform` does not see from Linux.
+# The runtime's imports, pinned to what this host's runtime runs with. pefile and
+# pywin32-ctypes are PyInstaller's Windows-only dependencies, which `pip download
+# --platform` does not see from Linux.
 _HOST_PINNED = ("aiohttp", "msgspec", "jinja2", "pyinstaller")
-_EXTRA_REQUIREMENTS = ("numpy==1.26.4", "pefile", "pywin32-ctypes")
+_EXTRA_REQUIREMENTS = ("pefile", "pywin32-ctypes")
 _TOOLS = {
     "wine": "wine",
     "x86_64-w64-mingw32-gcc-posix": "gcc-mingw-w64-x86-64-posix",

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import llama_cpp.llama_cpp as llama
-import numpy as np
 
 from llamapack.runtime.engine.batch import BatchToken
+from llamapack.runtime.engine.sampling import Logits, logits_view
 from llamapack.runtime.llama.model import Model
 
 
@@ -69,11 +69,9 @@ class Context:
         batch.n_tokens = len(tokens)
         return int(llama.llama_decode(self.pointer, batch))
 
-    def logits(self, index: int) -> np.ndarray:
+    def logits(self, index: int) -> Logits:
         """The raw logits at batch position `index` of the last decode (a view, valid until the next)."""
-        pointer = llama.llama_get_logits_ith(self.pointer, index)
-        logits: np.ndarray = np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,))
-        return logits
+        return logits_view(llama.llama_get_logits_ith(self.pointer, index), self.model.n_vocab)
 
     def seq_pos_min(self, seq_id: int) -> int:
         return int(llama.llama_memory_seq_pos_min(self._memory, seq_id))

@@ -40,7 +40,7 @@ from llamapack.runtime.engine.events import (
     RequestError,
 )
 from llamapack.runtime.engine.run import Run
-from llamapack.runtime.engine.sampling import Sampler, post_sampling_logits, token_logprob
+from llamapack.runtime.engine.sampling import Candidates, Sampler, token_logprob
 from llamapack.runtime.engine.slots import Slot, evict_idle, pick_slot, reuse_prefix
 from llamapack.runtime.engine.stats import EngineStats, SlotState
 from llamapack.runtime.llama.model import Model
@@ -72,6 +72,7 @@ class Engine:
         self._wake = threading.Condition()
         self._stopping = False
         self.failure: str | None = None  # why the engine thread died, if it did
+        self._candidates: Candidates | None = None  # for logprobs; made at the first request for them
         self._thread = threading.Thread(target=self._run, name="llamapack-engine", daemon=True)
         self._thread.start()
 
@@ -240,10 +241,13 @@ class Engine:
             return
         logprob = None
         if request.logprobs is not None:
+            if self._candidates is None:
+                self._candidates = Candidates(self.model.n_vocab)
+            post_sampling = request.params if request.post_sampling_probs else None
             logits = self.context.logits(index)
-            if request.post_sampling_probs:
-                logits = post_sampling_logits(logits, request.params)
-            logprob = token_logprob(logits, token, request.logprobs, self.model.piece)
+            logprob = token_logprob(
+                self._candidates, logits, token, request.logprobs, self.model.piece, post_sampling
+            )
         stop = run.accept(token, self.model.piece(token), logprob)
         if stop is not None:
             self._finish(run, "stop", stop_type="word", stopping_word=stop)

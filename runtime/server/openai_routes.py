@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 
 from llamapack.runtime.engine.events import Event, TokenLogprob
@@ -186,10 +187,18 @@ async def embeddings(request: web.Request) -> web.Response:
         vector = await asyncio.to_thread(embedder.embed, tokens)
         embedding: Any = vector
         if asked.encoding_format == "base64":  # what the openai SDK asks for: little-endian float32
-            embedding = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+            embedding = base64.b64encode(_little_endian_floats(vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": embedding})
     used = sum(len(tokens) for tokens in token_lists)
     return web.json_response({
         "object": "list", "data": data, "model": request.app[CONFIG].model_alias,
         "usage": {"prompt_tokens": used, "total_tokens": used},
     })  # fmt: skip
+
+
+def _little_endian_floats(vector: list[float]) -> bytes:
+    """OpenAI's base64 embeddings: little-endian float32s."""
+    floats = array.array("f", vector)
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return floats.tobytes()
