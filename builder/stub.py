@@ -151,7 +151,9 @@ def build_stub(destination: Path, log: object = None) -> Path:
     llama_cpp_dir = Path(llama_cpp.__file__).parent
     with stub_workspace(destination) as work_dir:
         staging = stage_sources(work_dir / "src", llama_cpp_dir, llama_cpp_version())
-        arguments = pyinstaller_arguments(work_dir, staging, _host_libraries())
+        arguments = pyinstaller_arguments(
+            work_dir, staging, _host_libraries(), strip=sys.platform.startswith("linux")
+        )
         run_pyinstaller([sys.executable], arguments, work_dir, destination)
     return destination
 
@@ -174,16 +176,20 @@ def pyinstaller_arguments(
     libraries: Sequence[Path],
     native: Callable[[Path], str] = str,
     pathsep: str = os.pathsep,
+    strip: bool = False,
 ) -> list[str]:
     """PyInstaller's command line for the stub (after `-m`'s Python), with the entry
     script it names written into `work_dir`. `native` writes a path as the Python
     that runs PyInstaller sees it and `pathsep` is its --add-data separator (a Windows
-    Python under Wine: Z:\\... and ";")."""
+    Python under Wine: Z:\\... and ";"). `strip` removes symbol tables from the
+    ELF libraries (a pyenv libpython keeps its debug information: 9 of the stub's
+    34 MB); ctypes finds llama.cpp's functions through the dynamic symbols, which stay."""
     entry = work_dir / "entry.py"
     entry.write_text(ENTRY_SOURCE)
     return [
         "-m", "PyInstaller", "--onefile", "--noconfirm", "--log-level=WARN",
         "--name", STUB_NAME,
+        *(["--strip"] if strip else []),
         "--distpath", native(work_dir / "dist"),
         "--workpath", native(work_dir / "build"),
         "--specpath", native(work_dir),

@@ -378,7 +378,12 @@ def _pyinstaller(root: Path, libs: Path, destination: Path, log: Log) -> None:
         shutil.copytree(libs, work_dir / "lib", ignore=shutil.ignore_patterns(_READY))
         names = [*host_stub._LINUX_LIBS, *(f"libggml-cpu-{v}.so" for v in variants(libs))]
         arguments = host_stub.pyinstaller_arguments(
-            work_dir, staging, [work_dir / "lib" / name for name in names], native=inside, pathsep=":"
+            work_dir,
+            staging,
+            [work_dir / "lib" / name for name in names],
+            native=inside,
+            pathsep=":",
+            strip=True,
         )
         python = _root_command(root, [f"{VENV}/bin/python"], cwd=inside(work_dir))
         host_stub.run_pyinstaller(python, arguments, work_dir, destination)
