@@ -6,16 +6,18 @@ A built file is at once the runtime executable and a ZIP archive::
     [runtime stub, byte for byte: executable image + PyInstaller archive]
     [model.gguf local header, padded] [GGUF bytes, 64 KiB aligned, STORED]
     [manifest.json local header + data] [.args local header + data]
-    [a copy of PyInstaller's archive, ending with its cookie]
+    [the archive's pointer: a copy of its table of contents and a cookie that
+     reaches back to the archive in the stub (a whole archive copy when the
+     model puts the stub's archive 4 GiB or more behind)]
     [ZIP central directory] [ZIP64 end records when needed] [end record]
 
 Why this order:
 
 * PyInstaller's bootloader scans backwards from the end for its cookie at
-  every launch; the archive copy puts it a few hundred bytes from the end
-  however big the model is (see `executables`).
+  every launch; the pointer puts it a few KiB from the end however big the
+  model is, and the runtime is in the file once (see `executables`).
 * ZIP readers start from the end record and follow absolute offsets, so the
-  stub before the entries and the archive copy between the entries and the
+  stub before the entries and the pointer between the entries and the
   central directory are invisible to them: `unzip -l` and `zipfile` see three
   members.
 * llama.cpp maps tensors at their absolute file offsets, so the GGUF data must
@@ -69,6 +71,7 @@ from llamapack.runtime.fileformat.manifest import (
     Manifest,
     ModelRecord,
     Provenance,
+    UiMode,
     ZipProvenance,
     provenance_from_json,
 )
@@ -111,6 +114,7 @@ __all__ = [
     "Provenance",
     "Stub",
     "StubError",
+    "UiMode",
     "ZipProvenance",
     "central_directory",
     "classify",

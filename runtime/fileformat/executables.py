@@ -3,17 +3,23 @@ and its PyInstaller archive.
 
 PyInstaller's bootloader, on every system, finds its archive by scanning the
 file backwards for a cookie, and addresses the archive relative to where it
-found it (start = cookie position + cookie size - archive length). Data
-appended after a stub is therefore scanned at every launch (3 GiB took 21 s).
+found it (start = cookie position + cookie size - archive length); the table of
+contents, found through the cookie too, addresses every entry relative to that
+start. Data appended after a stub is therefore scanned at every launch (3 GiB
+took 21 s) unless a cookie follows it.
 
 A built file keeps the stub byte for byte (ELF sections, PE image, Mach-O
-segments and PyInstaller's ad-hoc signature stay valid), appends the model,
-and then a second copy of the archive with its cookie, so the scan stops in
-the last few hundred bytes. The copy costs the archive's size once (about
-25 MB) and buys two things: no executable format is patched, and a file cut
-short by an interrupted download still starts (the bootloader then finds the
-stub's own archive after a long scan) and says it is incomplete instead of
-failing inside the bootloader (see `layout.classify`).
+segments and PyInstaller's ad-hoc signature stay valid), appends the model, and
+ends with a *pointer*: a copy of the archive's table of contents (a few KiB) and
+a cookie whose length reaches back over the model to the stub's own archive.
+The scan stops in the last few KiB and the entries are read where the stub has
+them, so the runtime is in the file once. The cookie's fields are 32-bit: where
+the stub's archive lies 4 GiB or more before the end (a model of about 4 GiB or
+more), the pointer is instead a whole copy of the archive (a fraction of a
+percent of such a file). Either way a file cut short by an interrupted download
+still starts (the bootloader then finds the stub's own cookie after a long scan)
+and says it is incomplete instead of failing inside the bootloader (see
+`layout.classify`).
 """
 
 from __future__ import annotations
@@ -159,6 +165,18 @@ class Stub:
         """The archive with its cookie: relative addressing makes it valid anywhere."""
         return memoryview(self.data)[self.archive_at : self.cookie_at + PYI_COOKIE.size]
 
+    def pointer(self, at: int) -> bytes:
+        """What a built file writes at offset `at`, past the model, so the bootloader
+        finds this stub's archive from there: the table of contents and a cookie
+        reaching back to the archive, or a whole copy where 32 bits cannot reach."""
+        magic, _, toc_offset, toc_length, python, library = PYI_COOKIE.unpack_from(self.data, self.cookie_at)
+        toc_at = self.archive_at + toc_offset
+        toc = self.data[toc_at : toc_at + toc_length]
+        reach = at + len(toc) + PYI_COOKIE.size - self.archive_at
+        if reach >= 1 << 32:
+            return bytes(self.archive)
+        return toc + PYI_COOKIE.pack(magic, reach, at - self.archive_at, toc_length, python, library)
+
 
 def macho_code_signature_at(data: bytes) -> int | None:
     """Where a 64-bit Mach-O's code signature starts, if it has one."""
@@ -191,9 +209,9 @@ def read_stub(data: bytes) -> Stub:
     cookie_at = data.rfind(PYI_COOKIE_MAGIC, max(0, end - STUB_TAIL_LIMIT), end)
     if cookie_at < 0 or cookie_at + PYI_COOKIE.size > end:
         raise StubError("no PyInstaller archive found (not a llamapack runtime stub)")
-    archive_len = PYI_COOKIE.unpack_from(data, cookie_at)[1]
+    _, archive_len, toc_offset, toc_length, _, _ = PYI_COOKIE.unpack_from(data, cookie_at)
     archive_at = cookie_at + PYI_COOKIE.size - archive_len
-    if not 0 < archive_at <= cookie_at:
+    if not 0 < archive_at <= cookie_at or toc_length < 0 or archive_at + toc_offset + toc_length > cookie_at:
         raise StubError("the PyInstaller archive's cookie is damaged")
     header = read_executable_header(data)
     if header.signed:

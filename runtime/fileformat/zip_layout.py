@@ -7,6 +7,7 @@ only streams: `Plan.write_head`, the model's bytes, then `Plan.write_tail`.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -97,11 +98,12 @@ class Plan:
       their absolute file offsets (absent when the model lies beside the file);
     * manifest.json and .args, small, after the model so their size (the
       manifest holds the model's hash) never moves the model;
-    * a copy of PyInstaller's archive, so the bootloader's backward scan for its
-      cookie stops a few hundred bytes from the end;
+    * the pointer to PyInstaller's archive (executables.Stub.pointer: its table
+      of contents and a cookie), so the bootloader's backward scan for the cookie
+      stops a few KiB from the end and reads the archive inside the stub;
     * the ZIP central directory and end records, which ZIP readers start from;
-      they follow absolute offsets, so the stub and the archive copy are
-      invisible to them.
+      they follow absolute offsets, so the stub and the pointer are invisible
+      to them.
     """
 
     stub: Stub
@@ -114,9 +116,13 @@ class Plan:
     def archive_at(self) -> int:
         return self.args.end
 
+    @functools.cached_property
+    def pointer(self) -> bytes:
+        return self.stub.pointer(self.archive_at)
+
     @property
     def central_directory_at(self) -> int:
-        return self.archive_at + len(self.stub.archive)
+        return self.archive_at + len(self.pointer)
 
     def write_head(self, target: BinaryIO) -> None:
         """Everything before the model's bytes: the stub, then the model's local header."""
@@ -128,7 +134,7 @@ class Plan:
     def write_tail(
         self, target: BinaryIO, manifest: bytes, args: bytes, model_crc: int | None = None
     ) -> None:
-        """Everything after the model's bytes: manifest.json, .args, the archive copy
+        """Everything after the model's bytes: manifest.json, .args, the archive's pointer
         and the ZIP directory; then the model's CRC, known only once its bytes are
         written, is patched into its local header."""
         if len(manifest) != self.manifest.size or len(args) != self.args.size:
@@ -141,7 +147,7 @@ class Plan:
             member.crc = zlib.crc32(data)
             target.write(member.local_header())
             target.write(data)
-        target.write(self.stub.archive)
+        target.write(self.pointer)
         target.write(central_directory(self))
         if self.model is not None:
             target.seek(self.model.header_at)

@@ -30,6 +30,20 @@ def test_file_is_a_zip_and_an_executable(gemma_file, gemma_gguf):
     assert os.access(gemma_file, os.X_OK)
 
 
+def test_the_runtime_is_in_the_file_once(gemma_file, gemma_gguf, runtime_stub):
+    """Beyond the model, the file holds the stub and a few KiB; PyInstaller's own
+    reader, which scans from the end as the bootloader does, finds the stub's
+    archive through the pointer: every entry, byte for byte."""
+    from PyInstaller.archive.readers import CArchiveReader
+
+    overhead = gemma_file.stat().st_size - gemma_gguf.stat().st_size
+    assert overhead <= runtime_stub.stat().st_size + (1 << 20)
+    in_file, in_stub = CArchiveReader(str(gemma_file)), CArchiveReader(str(runtime_stub))
+    assert in_file.toc == in_stub.toc
+    for name in ("PYZ.pyz", "base_library.zip"):
+        assert in_file.extract(name) == in_stub.extract(name)
+
+
 def test_version_and_info(gemma_file):
     version = run_file(gemma_file, "--version")
     assert version.returncode == 0 and version.stdout.startswith("llamapack ")

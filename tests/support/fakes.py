@@ -58,14 +58,19 @@ def add_tiny_vocabulary(writer: gguf.GGUFWriter) -> None:
     writer.add_token_types([2, 3, 3] + [6] * 256 + [1, 1])
 
 
-def elf_stub(archive_payload: bytes = b"PYZ-fake-archive" * 64, machine: int = 0x3E) -> bytes:
-    """A tiny ELF executable image followed by a pydata section and headers."""
+def elf_stub(
+    archive_payload: bytes = b"PYZ-fake-archive" * 64, machine: int = 0x3E, toc: bytes = b""
+) -> bytes:
+    """A tiny ELF executable image followed by a pydata section and headers; the
+    archive's table of contents (`toc`) ends it, as PyInstaller's does."""
     text = b"\x90" * 200
     header_size, phdr_size, shdr_size = 64, 56, 64
     text_at = header_size + phdr_size
     pydata_at = text_at + len(text) + 7  # odd offset, as PyInstaller's is
-    archive = archive_payload
-    cookie = COOKIE.pack(COOKIE_MAGIC, len(archive) + COOKIE.size, 0, 0, 311, b"libpython3.11.so")
+    archive = archive_payload + toc
+    cookie = COOKIE.pack(
+        COOKIE_MAGIC, len(archive) + COOKIE.size, len(archive_payload), len(toc), 311, b"libpython3.11.so"
+    )
     pydata = archive + cookie
     shstrtab = b"\0".join(SECTION_NAMES) + b"\0"
     shstrtab_at = pydata_at + len(pydata)

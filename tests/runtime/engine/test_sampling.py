@@ -16,8 +16,12 @@ def piece(token: int) -> bytes:
 
 
 def logprob(values: list[float], token: int, top: int, post_sampling: SamplingParams | None = None):
-    logits = memoryview(array.array("f", values))
+    logits = floats(values)
     return token_logprob(Candidates(len(values)), logits, token, top, piece, post_sampling)
+
+
+def floats(values: list[float]) -> memoryview[float]:
+    return memoryview(array.array("f", values)).cast("B").cast("f")
 
 
 def log_softmax(values: list[float]) -> list[float]:
@@ -56,7 +60,7 @@ def test_a_whole_vocabulary_the_candidates_are_refilled_for_each_position():
     for values in (first, second):  # the first call's sort must not leak into the second
         expected = log_softmax(values)
         best = max(range(len(values)), key=values.__getitem__)
-        entry = token_logprob(candidates, memoryview(array.array("f", values)), 7, 3, piece)
+        entry = token_logprob(candidates, floats(values), 7, 3, piece)
         assert entry.logprob == pytest.approx(expected[7], abs=1e-4)
         assert entry.top[0][0] == best
         assert entry.top[0][2] == pytest.approx(expected[best], abs=1e-4)

@@ -68,18 +68,41 @@ def test_the_stub_is_kept_byte_for_byte(tiny_gguf, fake_stub, tmp_path):
     assert read_sections(out) == read_sections(stub)
 
 
-def test_bootloader_finds_its_archive_from_the_end(tiny_gguf, fake_stub, tmp_path):
-    """PyInstaller's bootloader scans backwards for the cookie and addresses the
-    archive relative to it: the last cookie must lead to a whole archive, and
-    sit a few hundred bytes from the end, not behind the model."""
-    stub = read_stub(fake_stub.read_bytes())
-    out = _build(tiny_gguf, fake_stub, tmp_path / "model").read_bytes()
-    cookie_at = out.rfind(COOKIE_MAGIC)
-    archive_len = COOKIE.unpack_from(out, cookie_at)[1]
-    archive_at = cookie_at + COOKIE.size - archive_len
-    assert out[archive_at : cookie_at + COOKIE.size] == stub.archive
-    assert archive_at > ff.read_layout(tmp_path / "model").model_offset  # after the model
-    assert len(out) - cookie_at < 1024
+def bootloader_view(data: bytes) -> tuple[int, bytes]:
+    """What PyInstaller's bootloader reads: the last cookie gives the archive's start
+    and its table of contents (entries are addressed from that start)."""
+    cookie_at = data.rfind(COOKIE_MAGIC)
+    _, length, toc_offset, toc_length, _, _ = COOKIE.unpack_from(data, cookie_at)
+    archive_at = cookie_at + COOKIE.size - length
+    return archive_at, data[archive_at + toc_offset : archive_at + toc_offset + toc_length]
+
+
+def test_bootloader_finds_its_archive_from_the_end(tiny_gguf, tmp_path):
+    """The bootloader scans backwards for the cookie: the last one must sit a few
+    hundred bytes from the end, not behind the model, and lead to the stub's own
+    archive and table of contents, so the runtime is in the file once."""
+    stub_path = tmp_path / "stub"
+    stub_path.write_bytes(elf_stub(toc=b"TOC-entries" * 40))
+    stub = read_stub(stub_path.read_bytes())
+    out = _build(tiny_gguf, stub_path, tmp_path / "model").read_bytes()
+    assert bootloader_view(out) == bootloader_view(stub.data)
+    assert bootloader_view(out)[1] == b"TOC-entries" * 40
+    assert len(out) - out.rfind(COOKIE_MAGIC) < 1024
+    # No second runtime: beyond the stub and the model, only the alignment padding,
+    # the small members, the pointer and the ZIP directory.
+    assert len(out) - tiny_gguf.stat().st_size < len(stub.data) + ff.MODEL_ALIGNMENT + 2048
+
+
+def test_a_pointer_that_32_bits_cannot_reach_is_a_whole_archive_copy(tmp_path):
+    """The cookie's lengths are 32-bit: 4 GiB past the archive, only a copy can follow."""
+    stub = read_stub(elf_stub(toc=b"TOC-entries" * 40))
+    gap = 1 << 20
+    near = stub.pointer(len(stub.data) + gap)
+    assert len(near) < 1024
+    assert bootloader_view(stub.data + bytes(gap) + near) == bootloader_view(stub.data)
+    far = stub.pointer(stub.archive_at + (1 << 32))
+    assert far == bytes(stub.archive)  # relative addressing: valid wherever it lies
+    assert bootloader_view(far) == (0, b"TOC-entries" * 40)
 
 
 def test_manifest_describes_the_model(tiny_gguf, fake_stub, tmp_path):
@@ -130,9 +153,8 @@ def test_pe_and_macho_stubs_are_kept_and_found(make_stub, tiny_gguf, tmp_path):
     stub.write_bytes(make_stub())
     out = _build(tiny_gguf, stub, tmp_path / "model").read_bytes()
     assert out.startswith(stub.read_bytes())  # a Mach-O signature stays as it was
-    cookie_at = out.rfind(COOKIE_MAGIC)
-    archive_at = cookie_at + COOKIE.size - COOKIE.unpack_from(out, cookie_at)[1]
-    assert out[archive_at : cookie_at + COOKIE.size] == read_stub(stub.read_bytes()).archive
+    assert bootloader_view(out)[0] == read_stub(stub.read_bytes()).archive_at
+    assert len(out) - out.rfind(COOKIE_MAGIC) < 1024
     assert zipfile.ZipFile(tmp_path / "model").testzip() is None
 
 
