@@ -65,6 +65,37 @@ def test_ctrl_c_mid_build_leaves_nothing(tmp_path, fake_stub):
     assert (source.stat().st_size, source.stat().st_mtime_ns) == before
 
 
+@pytest.mark.parametrize(
+    ("vanish", "message"),
+    [
+        (lambda source: os.truncate(source, 1 << 20), "{source} changed size while it was being copied"),
+        (lambda source: source.unlink(), "cannot read {source}: No such file or directory"),
+    ],
+    ids=["truncated", "deleted"],
+)
+def test_a_source_that_vanishes_mid_copy_is_one_line_and_leaves_nothing(tmp_path, fake_stub, vanish, message):
+    """A source on a drive that goes away, or that another program rewrites, while
+    the weights are copied: the copy is discarded, never shipped half-read."""
+    source = sparse_gguf(tmp_path / "big.gguf", 3 << 30)
+    out_dir = tmp_path / "out"
+    env = {**os.environ, "LLAMAPACK_DISABLE_PROGRESS_BARS": "1"}
+    process = subprocess.Popen(
+        llamapack("build", str(source), "-o", str(out_dir / "model"), "--runtime", str(fake_stub)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    # Well inside the copy: the partial file holds more than the stub and the first chunk.
+    while not any(name.endswith(".partial") and (out_dir / name).stat().st_size > 64 << 20
+                  for name in leftovers(out_dir)):  # fmt: skip
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    vanish(source)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert err.strip() == "Error: " + message.format(source=source)
+    assert leftovers(out_dir) == []
+
+
 @contextlib.contextmanager
 def tmpfs(folder: Path, options: str) -> Iterator[Path]:
     """A real small file system mounted at `folder` (needs root, as CI has)."""
