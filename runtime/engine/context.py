@@ -49,7 +49,9 @@ class Context:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
         self.n_ctx = int(llama.llama_n_ctx(self.pointer))
         self.n_ctx_slot = int(llama.llama_n_ctx_seq(self.pointer))  # what one sequence may use
-        self.n_batch = n_batch
+        # llama.cpp may cap the batch below what was asked (at the requested n_ctx,
+        # before it rounds the context up): a larger batch would abort in llama_decode.
+        self.n_batch = min(n_batch, int(llama.llama_n_batch(self.pointer)))
         self.n_threads = int(params.n_threads)
         # With a sliding window the cache keeps only the last n_swa positions
         # (unless swa_full), so a prefix can be reused only if its tail is there.

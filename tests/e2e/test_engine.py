@@ -107,3 +107,13 @@ def test_metrics_and_slots_behind_the_api_key(gemma_file):
         == 1
     )
     assert samples[("llamapack_slots_total", ())] == 4
+
+
+def test_a_small_context_takes_a_prompt_longer_than_its_batch(gemma_file):
+    """llama.cpp caps the batch at a small -c (64) before it rounds the context up
+    (256): a 60-word prompt fits the context but not one batch, and must be fed in
+    several (it once aborted the process inside llama_decode)."""
+    prompt = " ".join(f"word{i}" for i in range(60))
+    result = run_file(gemma_file, "-c", "64", "-t", "2", "-n", "4", "--temp", "0", "-p", prompt)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip()
