@@ -26,10 +26,11 @@ from llamapack.runtime.fileformat import (
     Manifest,
     ModelRecord,
     ModelSource,
+    UiMode,
 )
 
 from .atomic import atomic_output
-from .chat_template import TemplateFile, choose_chat_template
+from .chat_template import TemplateFile, choose_chat_template, choose_ui_mode
 from .copying import Digests, copy_span, copy_with_digests
 from .errors import OutputError, RuntimeStubError, SourceError, UsageError
 from .gguf_header import GGUFHeader
@@ -51,6 +52,7 @@ class BuildOptions:
     ctx_size: int | None = None
     temperature: float | None = None
     system_prompt: str | None = None
+    ui_mode: str | None = None  # --ui-mode: "chat" or "completion"; None: the rule decides
     extra_args: list[str] = field(default_factory=list)
     target: str = field(default_factory=target_name)
 
@@ -118,7 +120,8 @@ def build(source: Source, options: BuildOptions, stub: StubInfo) -> BuildResult:
     args = default_args(options, name)
     output = resolve_output(options.output, source, options.target)
     stub_data = read_stub(stub.path)
-    manifest = _manifest(name, source, chat_template, options)
+    ui_mode = choose_ui_mode(source.header, chat_template, source.file_name, options.ui_mode)
+    manifest = _manifest(name, source, chat_template, ui_mode, options)
     beside = model_beside(output, options.target, len(stub_data), source.size)
     return write_file(source, output, manifest, args, stub_data, stub.path, beside=beside)
 
@@ -339,6 +342,7 @@ def _manifest(
     name: str,
     source: Source,
     chat_template: ChatTemplateChoice,
+    ui_mode: UiMode,
     options: BuildOptions,
 ) -> Manifest:
     """Everything but the model's sha256 and offset, which the copy fills in."""
@@ -366,4 +370,5 @@ def _manifest(
             system_prompt=options.system_prompt,
             args=tuple(options.extra_args),
         ),
+        ui_mode=ui_mode,
     )

@@ -1,10 +1,11 @@
-"""Choose the chat template a built file will use, and say why."""
+"""Choose the chat template a built file will use, and the mode its page opens in, and say why."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llamapack.runtime.fileformat import ChatTemplateChoice
+from llamapack.runtime.fileformat import ChatTemplateChoice, UiMode
+from llamapack.runtime.server.ui_mode import NAME_KEYS, decide_ui_mode
 
 from .errors import UsageError
 from .gguf_header import GGUFHeader
@@ -64,6 +65,21 @@ def choose_chat_template(
         return ChatTemplateChoice("builtin", name, reason)
     reason = f"the GGUF has no template and {arch} has no known one; using {FALLBACK_TEMPLATE}"
     return ChatTemplateChoice("builtin", FALLBACK_TEMPLATE, reason)
+
+
+def choose_ui_mode(
+    header: GGUFHeader, chat_template: ChatTemplateChoice, file_name: str, override: str | None = None
+) -> UiMode:
+    """The manifest's `ui_mode`: chat, or completion for a base model (the rule is
+    runtime/server/ui_mode.py's); `override` is --ui-mode."""
+    if override:
+        return UiMode("chat" if override == "chat" else "completion", "chosen with --ui-mode")
+    names = [*(_text(header.metadata.get(key)) for key in NAME_KEYS), file_name]
+    return decide_ui_mode(chosen=chat_template, own_template=header.chat_template is not None, names=names)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class _NoTokens:

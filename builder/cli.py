@@ -113,6 +113,11 @@ def _template_file(path: Path | None) -> TemplateFile | None:
 @click.option("--temp", type=click.FloatRange(min=0), help="Default sampling temperature.")
 @click.option("--system-prompt", metavar="TEXT", help="Default system message for chats.")
 @click.option(
+    "--ui-mode", type=click.Choice(["chat", "completion"]),
+    help="The mode the page opens in (default: completion when the model has no chat template and "
+    "no name saying instruct or chat, else chat).",
+)  # fmt: skip
+@click.option(
     "--args", "raw_args", metavar='"ARGS"',
     help="More default arguments for the file, as a shell would split them.",
 )  # fmt: skip
@@ -134,6 +139,7 @@ def build(
     ctx_size: int | None,
     temp: float | None,
     system_prompt: str | None,
+    ui_mode: str | None,
     raw_args: str | None,
     target: str | None,
     runtime: Path | None,
@@ -180,6 +186,7 @@ def build(
         ctx_size=ctx_size,
         temperature=temp,
         system_prompt=system_prompt,
+        ui_mode=ui_mode,
         extra_args=extra_args,
         target=target,
     )
@@ -209,6 +216,8 @@ def describe(manifest: Manifest, header: Any = None) -> str:
         f"trained context {model.context_length}",
         f"  chat template: {template.name} ({template.reason or 'no reason recorded'})",
     ]
+    if manifest.ui_mode is not None:  # absent in older files: decided at run time
+        lines.append(f"  page opens in: {manifest.ui_mode.mode} mode ({manifest.ui_mode.reason})")
     if header is not None:
         estimate = estimate_memory(header, manifest.defaults.ctx_size if manifest.defaults else None)
         lines.append(

@@ -1,5 +1,6 @@
 // The chat page: conversations in localStorage, replies streamed from the
-// OpenAI-compatible API served beside this file. No framework, no build step.
+// OpenAI-compatible API served beside this file; and a completion mode, a text
+// the model continues in place (for base models). No framework, no build step.
 // User text is only ever inserted as text; model text goes through
 // markdown.js, which builds DOM nodes and never parses HTML.
 import { renderMarkdown } from "./markdown.js";
@@ -15,15 +16,22 @@ const ui = {
   announcer: $("announcer"),
   composer: $("composer"), prompt: $("prompt"), send: $("send"), stop: $("stop"),
   settings: $("settings"), settingsForm: $("settings-form"), openSettings: $("open-settings"),
-  resetSettings: $("reset-settings"), modelInfo: $("model-info"),
+  resetSettings: $("reset-settings"), modelInfo: $("model-info"), skipLink: $("skip-link"),
+  modeChat: $("mode-chat"), modeCompletion: $("mode-completion"), notebook: $("notebook"),
+  notebookText: $("notebook-text"), generate: $("generate"), notebookStop: $("notebook-stop"),
+  notebookMeta: $("notebook-meta"), systemPromptField: $("system-prompt-field"),
 };
 
 const CHATS_KEY = "llamapack.chats.v1";
 const CURRENT_KEY = "llamapack.current.v1";
 const SETTINGS_KEY = "llamapack.settings.v1";
+const NOTEBOOK_KEY = "llamapack.notebook.v1";
 // The server's own sampling defaults; a reply length limit keeps a small model
 // from rambling until the context is full.
-const DEFAULT_SETTINGS = { systemPrompt: "", temperature: 0.8, topP: 0.95, maxTokens: 1024, apiKey: "" };
+// Top k left empty is the server's own (its --top-k).
+const DEFAULT_SETTINGS = {
+  systemPrompt: "", temperature: 0.8, topP: 0.95, topK: null, maxTokens: 1024, apiKey: "",
+};
 const NARROW = window.matchMedia("(max-width: 760px)");
 
 const state = {
@@ -33,6 +41,11 @@ const state = {
   props: null,
   // The reply being streamed: { chat, message, controller, view }.
   streaming: null,
+  // Completion mode's run: { controller, prompt, text }.
+  completing: null,
+  // "chat" or "completion": the server's choice (/props ui_mode) until the user picks.
+  mode: "chat",
+  modeChosen: false,
   retry: null,
 };
 
@@ -60,6 +73,7 @@ function loadState() {
   state.chats = Array.isArray(chats) ? chats.filter(isChat).map(cleanChat) : [];
   const current = localStorage.getItem(CURRENT_KEY);
   state.currentId = state.chats.some((chat) => chat.id === current) ? current : null;
+  if (!state.completing) ui.notebookText.value = localStorage.getItem(NOTEBOOK_KEY) ?? "";
 }
 
 function isChat(chat) {
@@ -245,7 +259,7 @@ function renderAll() {
 }
 
 function renderTitle() {
-  const title = currentChat()?.title ?? "New chat";
+  const title = state.mode === "completion" ? "Text completion" : currentChat()?.title ?? "New chat";
   ui.title.textContent = title;
   document.title = `${title} · ${modelAlias()}`;
 }
@@ -438,18 +452,19 @@ function submitPrompt() {
 }
 
 function requestBody(chat) {
-  const { systemPrompt, temperature, topP, maxTokens } = state.settings;
+  const { systemPrompt } = state.settings;
   const messages = chat.messages
     .filter((m) => !m.pending)
     .map(({ role, content }) => ({ role, content }));
   if (systemPrompt.trim()) messages.unshift({ role: "system", content: systemPrompt });
-  const body = {
-    messages,
-    stream: true,
-    stream_options: { include_usage: true },
-    temperature,
-    top_p: topP,
-  };
+  return { messages, ...samplingFields() };
+}
+
+/** The settings' part of a request, the same in both modes. */
+function samplingFields() {
+  const { temperature, topP, topK, maxTokens } = state.settings;
+  const body = { stream: true, stream_options: { include_usage: true }, temperature, top_p: topP };
+  if (topK != null) body.top_k = topK;
   if (maxTokens) body.max_tokens = maxTokens;
   return body;
 }
@@ -586,16 +601,131 @@ async function readEvents(response, onChunk) {
 }
 
 function setBusy(busy) {
-  ui.send.hidden = busy;
-  ui.stop.hidden = !busy;
+  ui.send.hidden = ui.generate.hidden = busy;
+  ui.stop.hidden = ui.notebookStop.hidden = !busy;
+  ui.modeChat.disabled = ui.modeCompletion.disabled = busy;
   ui.app.classList.toggle("is-generating", busy);
-  // Stop replaces Send under the pointer, so keep keyboard focus on it.
-  if (busy && document.activeElement === ui.send) ui.stop.focus();
-  if (!busy && document.activeElement === ui.stop) ui.prompt.focus();
+  // Stop replaces Send (Generate) under the pointer, so keep keyboard focus on it.
+  const focused = document.activeElement;
+  if (busy && focused === ui.send) ui.stop.focus();
+  if (busy && focused === ui.generate) ui.notebookStop.focus();
+  if (!busy && focused === ui.stop) ui.prompt.focus();
+  if (!busy && focused === ui.notebookStop) ui.notebookText.focus();
 }
 
 function stopGenerating() {
   state.streaming?.controller.abort();
+  state.completing?.controller.abort();
+}
+
+// ------------------------------------------------------------------ completion mode
+
+/** Continues the editor's text where it ends, streaming the new text into it. */
+async function complete() {
+  const prompt = ui.notebookText.value;
+  if (state.completing || state.streaming) return;
+  if (!prompt.trim()) {
+    ui.notebookText.focus();
+    return;
+  }
+  hideError();
+  const controller = new AbortController();
+  const run = { controller, prompt, text: "" };
+  state.completing = run;
+  ui.notebookText.readOnly = true; // editable again once the model is done
+  ui.notebookText.setAttribute("aria-busy", "true");
+  ui.notebookMeta.hidden = true;
+  setBusy(true);
+
+  const progress = { started: performance.now(), deltas: 0, timings: null, usage: null };
+  let failure = null;
+  try {
+    await streamCompletion({ prompt, ...samplingFields() }, controller.signal, run, progress);
+    if (!progress.finish) throw new ChatError("incomplete", "the text ended early");
+  } catch (error) {
+    if (!controller.signal.aborted) failure = error;
+  }
+  state.completing = null;
+  showNotebook(run);
+  ui.notebookText.readOnly = false;
+  ui.notebookText.removeAttribute("aria-busy");
+  saveNotebook();
+  setBusy(false);
+  const meta = replyMeta(progress, controller.signal.aborted);
+  ui.notebookMeta.textContent = describeMeta(meta);
+  ui.notebookMeta.hidden = Boolean(failure && !run.text);
+  if (failure) showError(failure, complete);
+  else announce(meta.stopped ? "Stopped." : `The model wrote: ${run.text}`);
+}
+
+async function streamCompletion(body, signal, run, progress) {
+  const response = await fetch("/v1/completions", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", ...authHeaders() },
+    body: JSON.stringify(body),
+    signal,
+  });
+  if (!response.ok) throw await httpError(response);
+  await readEvents(response, (chunk) => {
+    const choice = chunk.choices?.[0];
+    if (choice?.text) {
+      run.text += choice.text;
+      progress.deltas++;
+      scheduleNotebook();
+    }
+    if (choice?.finish_reason) progress.finish = choice.finish_reason;
+    if (chunk.timings) progress.timings = chunk.timings;
+    if (chunk.usage) progress.usage = chunk.usage;
+    if (chunk.error) throw new ChatError("stream", chunk.error.message);
+  });
+}
+
+// Writes the run's text into the editor, keeping its end in view unless the
+// reader scrolled up.
+function showNotebook(run) {
+  const area = ui.notebookText;
+  const nearEnd = area.scrollHeight - area.scrollTop - area.clientHeight < 60;
+  area.value = run.prompt + run.text;
+  if (nearEnd) area.scrollTop = area.scrollHeight;
+}
+
+let notebookQueued = false;
+function scheduleNotebook() {
+  if (notebookQueued) return;
+  notebookQueued = true;
+  requestAnimationFrame(() => {
+    notebookQueued = false;
+    if (state.completing) showNotebook(state.completing);
+  });
+}
+
+function saveNotebook() {
+  try {
+    localStorage.setItem(NOTEBOOK_KEY, ui.notebookText.value);
+  } catch {
+    setStatus("could not save: the browser's storage is full or disabled");
+  }
+}
+
+/** Chat or completion; `byUser` keeps the server's choice from overriding it later. */
+function setMode(mode, byUser = false) {
+  if (byUser) state.modeChosen = true;
+  const completion = mode === "completion";
+  if (state.streaming || state.completing || completion === (state.mode === "completion")) return;
+  state.mode = completion ? "completion" : "chat";
+  ui.app.dataset.mode = state.mode;
+  ui.modeChat.setAttribute("aria-pressed", String(!completion));
+  ui.modeCompletion.setAttribute("aria-pressed", String(completion));
+  ui.messages.hidden = ui.composer.hidden = completion;
+  ui.notebook.hidden = !completion;
+  ui.systemPromptField.hidden = completion; // a text to continue has no system prompt
+  // One error box, shown where the work is.
+  (completion ? ui.notebook : ui.messages).append(ui.error);
+  hideError();
+  ui.skipLink.href = completion ? "#notebook-text" : "#prompt";
+  ui.skipLink.textContent = completion ? "Skip to the text" : "Skip to the message box";
+  if (completion && NARROW.matches) setSidebar(false);
+  renderTitle();
 }
 
 // ------------------------------------------------------------------ errors
@@ -625,6 +755,9 @@ function explain(error) {
   switch (error.kind) {
     case "context": {
       const size = state.props?.n_ctx ? ` (${state.props.n_ctx} tokens)` : "";
+      if (state.mode === "completion") {
+        return `The text is too long for the model's memory${size}. Shorten it, or lower Max tokens in Settings.`;
+      }
       return "This conversation is too long for the model's memory" + size +
         ". Start a new chat, or edit an earlier message to make it shorter.";
     }
@@ -707,6 +840,13 @@ async function loadProps() {
   }
   ui.modelName.textContent = modelAlias();
   ui.welcomeModel.textContent = state.props.manifest?.model?.name || modelAlias();
+  // The mode that fits the model (a base model: completion), once, unless one was picked.
+  if (!state.modeChosen && state.props.ui_mode) {
+    state.modeChosen = true;
+    const wasFocused = document.activeElement === ui.prompt;
+    setMode(state.props.ui_mode);
+    if (wasFocused && state.mode === "completion") ui.notebookText.focus();
+  }
   renderModelInfo();
   renderAll();
 }
@@ -757,6 +897,7 @@ const FIELDS = [
   ["systemPrompt", "system-prompt", (v) => v],
   ["temperature", "temperature", (v) => clampNumber(v, 0, 2, DEFAULT_SETTINGS.temperature)],
   ["topP", "top-p", (v) => clampNumber(v, 0, 1, DEFAULT_SETTINGS.topP)],
+  ["topK", "top-k", (v) => (v.trim() ? Math.round(clampNumber(v, 0, 1e6, 40)) : null)],
   ["maxTokens", "max-tokens", (v) => (v.trim() ? Math.round(clampNumber(v, 1, 1e9, 1)) : null)],
   ["apiKey", "api-key", (v) => v.trim()],
 ];
@@ -807,9 +948,26 @@ function wire() {
   });
   ui.prompt.addEventListener("input", fitPrompt);
   ui.stop.addEventListener("click", stopGenerating);
+  ui.notebookStop.addEventListener("click", stopGenerating);
+  ui.generate.addEventListener("click", complete);
+  ui.notebookText.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !event.isComposing) {
+      event.preventDefault();
+      complete();
+    }
+  });
+  ui.notebookText.addEventListener("input", saveNotebook);
+  ui.modeChat.addEventListener("click", () => {
+    setMode("chat", true);
+    ui.prompt.focus();
+  });
+  ui.modeCompletion.addEventListener("click", () => {
+    setMode("completion", true);
+    ui.notebookText.focus();
+  });
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape" || ui.settings.open) return;
-    if (state.streaming) stopGenerating();
+    if (state.streaming || state.completing) stopGenerating();
     else if (NARROW.matches && ui.app.dataset.sidebar === "open") {
       setSidebar(false);
       ui.toggleSidebar.focus();
@@ -846,7 +1004,9 @@ function wire() {
   });
   // Another tab changed the saved conversations: show them, unless busy here.
   window.addEventListener("storage", (event) => {
-    if (state.streaming || ![CHATS_KEY, SETTINGS_KEY].includes(event.key)) return;
+    if (state.streaming || state.completing || ![CHATS_KEY, SETTINGS_KEY, NOTEBOOK_KEY].includes(event.key)) {
+      return;
+    }
     loadState();
     renderAll();
   });

@@ -10,9 +10,10 @@ must be identical, and an upgrade back to the first engine gives back the first
 file. So `to_json` leaves out what older files left out (an optional field is
 None when its key is absent), and `from_json(x).to_json() == x` holds for
 every manifest any llamapack has written. Files written before `source` and
-`defaults` (the first builds) or before the llama.cpp build was recorded still
-read; keys this llamapack does not know are ignored, as a later llamapack may add
-some without changing the format version.
+`defaults` (the first builds), before the llama.cpp build was recorded, or
+before `ui_mode` (the page's opening mode) still read; keys this llamapack
+does not know are ignored, as a later llamapack may add some without changing
+the format version.
 """
 
 from __future__ import annotations
@@ -366,6 +367,37 @@ class Defaults:
         )
 
 
+UiModeName = Literal["chat", "completion"]
+UI_MODES: tuple[UiModeName, ...] = ("chat", "completion")
+
+
+@dataclass(frozen=True)
+class UiMode:
+    """The mode the page opens in: "chat" for a model made to chat, "completion"
+    (a text editor the model continues) for a base model, and why. Files built
+    before it was recorded have none: the server decides from the chat template."""
+
+    mode: UiModeName
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in UI_MODES:
+            raise ValueError(f"a page mode is chat or completion, not {self.mode!r}")
+
+    def to_json(self) -> JSONObject:
+        return {"mode": self.mode} | _without_none(reason=self.reason)
+
+    @classmethod
+    def from_json(cls, value: object) -> UiMode:
+        fields = _Fields(value, "ui_mode")
+        mode = fields.text("mode")
+        if mode == "chat":
+            return cls("chat", fields.optional_text("reason"))
+        if mode == "completion":
+            return cls("completion", fields.optional_text("reason"))
+        raise FormatError(f"manifest.json's ui_mode.mode {mode!r} is not chat or completion")
+
+
 # ------------------------------------------------------------ the manifest
 
 
@@ -379,6 +411,7 @@ class Manifest:
     chat_template: ChatTemplateChoice
     source: Provenance | None = None  # None in files built before it was recorded
     defaults: Defaults | None = None  # likewise
+    ui_mode: UiMode | None = None  # None in files built before it was recorded
 
     def to_json(self) -> JSONObject:
         fields: JSONObject = {
@@ -392,6 +425,8 @@ class Manifest:
         fields["chat_template"] = self.chat_template.to_json()
         if self.defaults is not None:
             fields["defaults"] = self.defaults.to_json()
+        if self.ui_mode is not None:
+            fields["ui_mode"] = self.ui_mode.to_json()
         return fields
 
     @classmethod
@@ -405,6 +440,7 @@ class Manifest:
             chat_template=fields.record("chat_template", ChatTemplateChoice.from_json),
             source=fields.optional_record("source", provenance_from_json),
             defaults=fields.optional_record("defaults", Defaults.from_json),
+            ui_mode=fields.optional_record("ui_mode", UiMode.from_json),
         )
 
     def encode(self) -> bytes:

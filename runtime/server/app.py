@@ -45,6 +45,7 @@ from llamapack.runtime.server.common import (
 )
 from llamapack.runtime.server.metrics import add_metrics_routes
 from llamapack.runtime.server.requests import BadRequest
+from llamapack.runtime.server.ui_mode import page_mode
 from llamapack.runtime.server.vertex import add_vertex_routes
 
 UI_DIR = web.AppKey("ui_dir", Path)
@@ -206,8 +207,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def props(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
-    backend = request.app[STATE].backend
+    config, state = request.app[CONFIG], request.app[STATE]
+    backend = state.backend
+    ui_mode = state.ui_mode or page_mode(config, backend)
+    if backend is not None:
+        state.ui_mode = ui_mode  # the model's own answer: kept while it sleeps
     body: dict[str, Any] = {
         "model_alias": config.model_alias,
         "model_path": config.model_path,
@@ -215,7 +219,9 @@ async def props(request: web.Request) -> web.Response:
         "build_info": f"llamapack {__version__}, llama-cpp-python {llama_cpp.__version__}",
         "system_info": llama.llama_print_system_info().decode(errors="replace").strip(),
         "modalities": {"vision": False, "audio": False},
-        "is_sleeping": request.app[STATE].sleeping,
+        "is_sleeping": state.sleeping,
+        "ui_mode": ui_mode.mode,  # the mode the page opens in, and why
+        "ui_mode_reason": ui_mode.reason,
     }
     if backend is not None:
         engine = backend.engine

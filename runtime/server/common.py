@@ -7,14 +7,14 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
 from llamapack.runtime.backend import Backend
 from llamapack.runtime.engine.events import Event
 from llamapack.runtime.engine.stats import EngineStats
-from llamapack.runtime.fileformat import Manifest
+from llamapack.runtime.fileformat import ChatTemplateChoice, Manifest, UiMode
 from llamapack.runtime.server.requests import BadRequest
 
 if TYPE_CHECKING:
@@ -52,6 +52,10 @@ class ServerConfig:
     vertex: VertexSettings | None = None  # Vertex AI's /predict (AIP_MODE=PREDICTION)
     sleep_idle_seconds: float = -1  # free the model after this long unused; -1: never
     verbose: bool = False  # replies carry `__verbose` (the prompt as the model saw it), as llama-server's
+    # The mode the page opens in (--ui-mode): "chat" or "completion"; None: as the
+    # manifest says, else as ui_mode.py's rule decides for the model.
+    ui_mode: Literal["chat", "completion"] | None = None
+    chat_template: ChatTemplateChoice | None = None  # the template the model runs with, for that rule
 
 
 @dataclass
@@ -63,6 +67,7 @@ class State:
     loader: asyncio.Task[None] | None = None
     sleeping: bool = False  # the model was freed after --sleep-idle-seconds; a request loads it again
     stats: EngineStats | None = None  # the engine's counters, kept while it sleeps
+    ui_mode: UiMode | None = None  # the page's mode, once decided with the model loaded
 
 
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("config", ServerConfig)

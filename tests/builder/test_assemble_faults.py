@@ -43,6 +43,20 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+def frozen_mid_copy(process: subprocess.Popen[str], out_dir: Path) -> None:
+    """Wait until the build has copied more than the stub and a first chunk, then
+    freeze it (SIGSTOP): whatever the test does next happens mid-copy, however fast
+    this machine copies. The caller sends its signal or changes the source, then
+    SIGCONT."""
+    deadline = time.monotonic() + 60
+    while not any(name.endswith(".partial") and (out_dir / name).stat().st_size > 64 << 20
+                  for name in leftovers(out_dir)):  # fmt: skip
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGSTOP)
+    assert process.poll() is None, "the build finished before it could be stopped mid-copy"
+
+
 def test_ctrl_c_mid_build_leaves_nothing(tmp_path, fake_stub):
     source = sparse_gguf(tmp_path / "big.gguf", 3 << 30)
     before = (source.stat().st_size, source.stat().st_mtime_ns)
@@ -52,12 +66,9 @@ def test_ctrl_c_mid_build_leaves_nothing(tmp_path, fake_stub):
         llamapack("build", str(source), "-o", str(out_dir / "model"), "--runtime", str(fake_stub)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not any(name.endswith(".partial") for name in leftovers(out_dir)):
-        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
-        time.sleep(0.02)
-    time.sleep(0.3)  # well inside the copy
+    frozen_mid_copy(process, out_dir)
     process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGCONT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 1
     assert err.strip() == "Error: interrupted; nothing was written"
@@ -83,13 +94,9 @@ def test_a_source_that_vanishes_mid_copy_is_one_line_and_leaves_nothing(tmp_path
         llamapack("build", str(source), "-o", str(out_dir / "model"), "--runtime", str(fake_stub)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    # Well inside the copy: the partial file holds more than the stub and the first chunk.
-    while not any(name.endswith(".partial") and (out_dir / name).stat().st_size > 64 << 20
-                  for name in leftovers(out_dir)):  # fmt: skip
-        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
-        time.sleep(0.02)
+    frozen_mid_copy(process, out_dir)
     vanish(source)
+    process.send_signal(signal.SIGCONT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 1
     assert err.strip() == "Error: " + message.format(source=source)

@@ -46,11 +46,16 @@ def keyed_server(gemma_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     yield from _serve(gemma_gguf, tmp_path_factory, "--api-key", API_KEY)
 
 
-def _serve(gemma_gguf: Path, tmp_path_factory: pytest.TempPathFactory, *extra: str) -> Iterator[str]:
+def _serve(
+    gemma_gguf: Path, tmp_path_factory: pytest.TempPathFactory, *extra: str, template: str | None = "gemma"
+) -> Iterator[str]:
+    """Serves the test model; with a template named, as a chat model (the page opens in
+    chat), without one as the base model it is (the page opens in completion)."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("ui") / "server.log"
+    chosen = ["--chat-template", template] if template else []
     command = [
-        sys.executable, "-m", "llamapack.runtime", "-m", str(gemma_gguf), "--chat-template", "gemma",
+        sys.executable, "-m", "llamapack.runtime", "-m", str(gemma_gguf), *chosen,
         "--nobrowser", "--port", str(port), "-t", "2", *extra,
     ]  # fmt: skip
     with log_path.open("wb") as log:
@@ -211,6 +216,9 @@ def test_page_loads_with_every_request_local_and_small(session: Session) -> None
     assert session.errors == []  # a CSP violation would show here
     expect(page.locator("#model-name")).to_have_text("gemma-3-270m-q4_k_m")
     expect(page.get_by_label("Message", exact=True)).to_be_focused()
+    # A chat template was chosen (--chat-template gemma): the page stays in chat.
+    expect(page.locator("#app")).to_have_attribute("data-mode", "chat")
+    expect(page.get_by_role("button", name="Chat", exact=True)).to_have_attribute("aria-pressed", "true")
     # What the page costs to load: index.html and every static file it pulls in.
     assets = [url for url in session.requests if urlsplit(url).path.startswith(("/static/",))]
     total = sum(len(_get(url)) for url in [session.base, *set(assets)])

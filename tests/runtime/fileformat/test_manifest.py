@@ -7,6 +7,7 @@ import hashlib
 import json
 import zipfile
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,11 @@ RECORDS = [
     ff.ChatTemplateChoice("builtin", "chatml"),
     ff.Defaults(),
     ff.Defaults(ctx_size=0, temperature=0.0, system_prompt="", args=("-ngl", "99")),
+    ff.UiMode("completion", "the GGUF has no chat template and no name says instruct or chat: a base model"),
+    ff.UiMode("chat"),
     MANIFEST,
     ff.Manifest(name="old", engine=ENGINE, model=MODEL, chat_template=ff.ChatTemplateChoice("gguf", "gguf")),
+    replace(MANIFEST, ui_mode=ff.UiMode("chat", "the GGUF has its own chat template")),
 ]
 PROVENANCES = [
     ff.LocalProvenance(file="model.gguf"),
@@ -143,6 +147,21 @@ def test_the_json_written_is_byte_for_byte_what_files_hold():
     assert ff.Manifest.decode(EXPECTED_JSON.encode()) == MANIFEST
 
 
+def test_the_page_mode_is_written_only_when_set():
+    """Files built before `ui_mode` have no such key, and re-encode unchanged (above);
+    a newer build's manifest has it last, and nothing else changes."""
+    assert MANIFEST.ui_mode is None and "ui_mode" not in MANIFEST.to_json()
+    with_mode = replace(MANIFEST, ui_mode=ff.UiMode("completion", "a base model"))
+    raw = with_mode.encode()
+    added = '  "ui_mode": {\n    "mode": "completion",\n    "reason": "a base model"\n  }\n'
+    assert raw == (EXPECTED_JSON.removesuffix("  }\n}\n") + "  },\n" + added + "}\n").encode()
+    assert ff.Manifest.decode(raw) == with_mode and ff.Manifest.decode(raw).encode() == raw
+    without_reason = {"mode": "chat"}
+    assert ff.UiMode.from_json(without_reason).to_json() == without_reason
+    with pytest.raises(ValueError, match="chat or completion, not 'notebook'"):
+        ff.UiMode("notebook")  # type: ignore[arg-type]
+
+
 def test_a_built_manifest_reads_back_to_the_same_bytes(tiny_gguf, fake_stub, tmp_path):
     out = tmp_path / "m"
     result = CliRunner().invoke(cli, ["build", str(tiny_gguf), "-o", str(out), "--runtime", str(fake_stub),
@@ -151,6 +170,7 @@ def test_a_built_manifest_reads_back_to_the_same_bytes(tiny_gguf, fake_stub, tmp
     raw = zipfile.ZipFile(out).read("manifest.json")
     assert ff.Manifest.decode(raw).encode() == raw
     assert ff.read_layout(out).manifest == ff.Manifest.decode(raw)
+    assert ff.Manifest.decode(raw).ui_mode is not None  # a new build says which mode its page opens in
 
 
 # -- a file as the first llamapack wrote it: no source, no defaults, no llama.cpp build
@@ -226,7 +246,7 @@ def test_a_file_built_by_the_first_llamapack_still_verifies_inspects_and_upgrade
     new = ff.read_layout(tmp_path / "new").manifest
     # Everything but the engine is kept as it was, absent fields included.
     assert new.to_json()["model"] == layout.manifest.to_json()["model"]
-    assert "source" not in new.to_json() and "defaults" not in new.to_json()
+    assert not {"source", "defaults", "ui_mode"} & new.to_json().keys()
 
 
 def test_a_newer_format_version_is_refused_in_one_line(tiny_gguf, tmp_path):
@@ -264,6 +284,10 @@ def test_a_newer_format_version_is_refused_in_one_line(tiny_gguf, tmp_path):
          "manifest.json's chat_template.source 'url' is not gguf, builtin or jinja"),
         (lambda m: m | {"defaults": {"args": "--nobrowser"}},
          "manifest.json's defaults.args is not a list of strings"),
+        (lambda m: m | {"ui_mode": "chat"}, "manifest.json's ui_mode is not a JSON object"),
+        (lambda m: m | {"ui_mode": {"reason": "x"}}, "manifest.json has no ui_mode.mode"),
+        (lambda m: m | {"ui_mode": {"mode": "notebook"}},
+         "manifest.json's ui_mode.mode 'notebook' is not chat or completion"),
         (lambda m: [m], "manifest.json's top level is not a JSON object"),
     ],
 )  # fmt: skip
