@@ -10,13 +10,14 @@ LLAMA_CPP_VERSION := $(lastword $(subst ==, ,$(LLAMA_CPP_PYTHON)))
 # crashes in ggml's AMX kernels on some CPUs, and a file you hand to a colleague
 # must run on theirs), but one CPU backend library per instruction set (x64,
 # sse42, haswell, skylakex, icelake, zen4, sapphirerapids, ...); runtime/llama/cpu.py
-# loads the best safe one for the CPU it runs on (see bench/CPU.md).
-export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON
+# loads the best safe one for the CPU it runs on (see bench/CPU.md). The RPC backend
+# makes every file a worker for a model split across machines (runtime/llama/rpc.py).
+export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_RPC=ON
 # Compiling llama.cpp takes minutes (about 8 on 2 cores), so the wheel is kept per
 # Python version in a folder whose name says how it was built (pip's own cache
 # does not key wheels by CMAKE_ARGS, so it could hand back a native build).
 PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-WHEELHOUSE ?= $(HOME)/.cache/llamapack/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-dispatch-$(PY_TAG)
+WHEELHOUSE ?= $(HOME)/.cache/llamapack/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-dispatch-rpc-$(PY_TAG)
 DEMO_FILE := dist/gemma-3-270m-q4_k_m
 
 .PHONY: setup demo build-demo test test-fast cross-check lint typecheck format docs bench compat clean
@@ -84,6 +85,7 @@ docs: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.rpc
 
 # llama.cpp's own server test suite run against llama-server and against a built file,
 # both on the same GGUF, one after the other; writes compat/RESULTS.md.

@@ -94,29 +94,36 @@ def big_gguf(size: int) -> Path:
 
 
 def llama_server() -> Path:
+    """llama.cpp's llama-server (and, beside it, its rpc-server, for bench/rpc.py),
+    built from the llama-cpp-python sdist our engine comes from."""
     binary = WORK / "llama-server"
-    if binary.exists():
+    rpc_server = WORK / "rpc-server"
+    if binary.exists() and rpc_server.exists():
         return binary
-    log("building llama-server from the llama-cpp-python sdist (several minutes)...")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
-         LLAMA_CPP_PYTHON, "-d", str(WORK)],
-        check=True,
-    )  # fmt: skip
+    log("building llama-server and rpc-server from the llama-cpp-python sdist (several minutes)...")
+    if not list(WORK.glob("llama_cpp_python-*.tar.gz")):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
+             LLAMA_CPP_PYTHON, "-d", str(WORK)],
+            check=True,
+        )  # fmt: skip
     sdist = next(WORK.glob("llama_cpp_python-*.tar.gz"))
-    with tarfile.open(sdist) as archive:
-        archive.extractall(WORK, filter="data")
     source = WORK / sdist.name.removesuffix(".tar.gz") / "vendor" / "llama.cpp"
+    if not source.is_dir():
+        with tarfile.open(sdist) as archive:
+            archive.extractall(WORK, filter="data")
     build = source / "build"
     subprocess.run(
         ["cmake", "-B", str(build), "-S", str(source), "-DGGML_NATIVE=OFF", "-DLLAMA_CURL=OFF",
-         "-DLLAMA_BUILD_TESTS=OFF", "-DCMAKE_BUILD_TYPE=Release"],
+         "-DGGML_RPC=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DCMAKE_BUILD_TYPE=Release"],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", "2"],
+    subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "ggml-rpc-server", "-j", "2"],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-    # The binary finds its libraries through its RUNPATH inside the build tree.
-    binary.symlink_to(build / "bin" / "llama-server")
+    # The binaries find their libraries through their RUNPATH inside the build tree.
+    for link, name in ((binary, "llama-server"), (rpc_server, "ggml-rpc-server")):
+        link.unlink(missing_ok=True)
+        link.symlink_to(build / "bin" / name)
     return binary
 
 

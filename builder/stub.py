@@ -29,11 +29,12 @@ from llamapack.runtime import __version__
 from .errors import RuntimeStubError
 
 STUB_NAME = "llamapack-runtime"
-# Shared libraries llama_cpp loads by path (libllama.so, libggml.so) and the
-# sonames those need; PyInstaller has no hook for llama_cpp. The CPU backend is
+# Shared libraries llama_cpp loads by path (libllama.so, libggml.so), the sonames
+# those need, and the RPC backend (loaded by runtime/llama/rpc.py); PyInstaller has
+# no hook for llama_cpp. The CPU backend is
 # either linked in (libggml-cpu.so.0) or, with GGML_BACKEND_DL, one library per
 # CPU variant that runtime/llama/cpu.py registers: _host_libraries collects whichever exists.
-_LINUX_LIBS = ("libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0")
+_LINUX_LIBS = ("libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0", "libggml-rpc.so")
 _LINUX_CPU_LIB = "libggml-cpu.so.0"
 # Modules PyInstaller would otherwise pull in through optional imports.
 _EXCLUDES = ("tkinter", "IPython", "matplotlib", "pytest", "PIL", "pandas", "scipy", "gguf", "numpy",

@@ -17,7 +17,7 @@ from llamapack.runtime.fileformat import ChatTemplateChoice
 from llamapack.runtime.llama.chat_template import ChatFormatter, ChatTemplateError
 from llamapack.runtime.llama.cpu import cpu_backend
 from llamapack.runtime.llama.devices import EngineReport, engine_report
-from llamapack.runtime.llama.model import Model, ModelSource, init_backend
+from llamapack.runtime.llama.model import Model, ModelLoadError, ModelSource, init_backend
 from llamapack.runtime.server.requests import BadRequest, Generation
 
 
@@ -38,6 +38,8 @@ class BackendOptions:
     embedding: bool = False  # also serve /v1/embeddings (a second, small context)
     n_predict: int = -1  # tokens a request that sets no limit generates, as llama-server's -n; -1: no limit
     max_tokens_cap: int | None = None  # most tokens any request may generate, whatever it asks
+    rpc: tuple[str, ...] = ()  # RPC workers ("host:port") that get the offloaded layers
+    tensor_split: tuple[float, ...] = ()  # each offload device's share; () splits by free memory
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,13 @@ def _embedding_ctx(model: Model, n_ctx: int) -> int:
 class Backend:
     def __init__(self, options: BackendOptions):
         init_backend(options.verbose)
+        if options.rpc:
+            _add_rpc_workers(options.rpc)
         self.n_predict = options.n_predict
         self.max_tokens_cap = options.max_tokens_cap
-        self.model = Model(options.source, n_gpu_layers=options.n_gpu_layers)
+        self.model = Model(
+            options.source, n_gpu_layers=options.n_gpu_layers, tensor_split=options.tensor_split
+        )
         try:
             choice = options.chat_template
             if choice.source == "gguf" and not self.model.chat_template():
@@ -91,12 +97,24 @@ class Backend:
                 threads=self.engine.n_threads,
                 gpu_layers_requested=options.n_gpu_layers,
                 model_layers=llama.llama_model_n_layer(self.model.pointer),
+                layers_by_device=self.model.layers_by_device,
             )
+            if options.rpc:
+                from llamapack.runtime.llama import rpc
+
+                engine = self.engine
+                rpc.on_worker_lost(
+                    lambda reason: engine.fail(f"{reason}; restart to serve again", stuck=True)
+                )
         except BaseException:
             self.model.close()
             raise
 
     def close(self) -> None:
+        if self.engine.stuck:
+            # Freeing the model would wait on the lost RPC worker forever; the process
+            # is ending, and the system takes the memory back.
+            return
         self.engine.close()
         if self.embedder is not None:
             self.embedder.close()
@@ -182,6 +200,16 @@ class Backend:
                     return event
         finally:
             request.cancel()
+
+
+def _add_rpc_workers(endpoints: Sequence[str]) -> None:
+    from llamapack.runtime.llama import rpc
+
+    try:
+        rpc.install_abort_hook()
+        rpc.add_workers([endpoint for value in endpoints for endpoint in rpc.parse_endpoints(value)])
+    except rpc.RpcError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def _token_limit(max_tokens: int | None, n_predict: int, cap: int | None) -> int | None:

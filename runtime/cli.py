@@ -33,9 +33,14 @@ if TYPE_CHECKING:  # loaded only when a model is: --help and --version stay fast
     from collections.abc import Callable
 
     from llamapack.runtime.backend import Backend, BackendOptions
+    from llamapack.runtime.llama.rpc import Endpoint
+    from llamapack.runtime.server.requests import Generation
 
 # Slots when -np is not given; they share one context (llama-server's "auto").
 DEFAULT_PARALLEL = 4
+DEFAULT_PORT = 8080
+DEFAULT_RPC_PORT = 50052  # llama.cpp's rpc-server default
+ALL_LAYERS = 999  # -ngl with --rpc when not given: every layer goes to the workers
 PROG = Path(sys.argv[0]).name if getattr(sys, "frozen", False) else "llamapack-runtime"
 
 
@@ -46,21 +51,29 @@ class CliError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Chat with the language model inside this file, in the browser or over an "
-        "OpenAI-compatible API. With no arguments it starts the server and opens the chat page.",
+        description="Chat with the language model inside this file, in the browser, in the terminal or "
+        "over an OpenAI-compatible API. With no arguments it starts the server and opens the chat page, "
+        "or, where no browser can open, chats in the terminal.",
         epilog=(
             "examples:\n"
             f"  ./{PROG}                              chat in the browser\n"
             f"  ./{PROG} --server --nobrowser --port 9000   API only\n"
+            f"  ./{PROG} --chat                        chat in this terminal\n"
             f"  ./{PROG} -p 'Once upon a time' -n 64   print a completion and exit\n"
             f"  ./{PROG} --info                        show what is inside"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = parser.add_argument_group("mode")
-    mode.add_argument("--server", action="store_true", help="serve the API and chat page (default)")
+    mode.add_argument("--server", action="store_true",
+                      help="serve the API and chat page (default where a browser can open)")  # fmt: skip
     mode.add_argument("--nobrowser", action="store_true", help="do not open a browser tab")
     mode.add_argument("-p", "--prompt", metavar="TEXT", help="complete TEXT on stdout and exit")
+    mode.add_argument(
+        "--chat", action="store_true",
+        help="chat in this terminal, /help for its commands (the default where no browser can open); "
+        "with stdin piped, each line is one message and stdout gets one reply per line",
+    )  # fmt: skip
     mode.add_argument("--info", action="store_true", help="print the file's manifest and exit")
     mode.add_argument("--version", action="store_true", help="print versions and exit")
 
@@ -69,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1",
         help="address to bind; several separated by commas (default: %(default)s)",
     )  # fmt: skip
-    server.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    server.add_argument(
+        "--port", type=int, metavar="PORT",
+        help=f"port (default: {DEFAULT_PORT}; {DEFAULT_RPC_PORT} with --rpc-server)",
+    )  # fmt: skip
     server.add_argument(
         "-a", "--alias", metavar="NAME[,NAME...]",
         help="model id in the API (default: file name); several separated by commas",
@@ -125,9 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--no-ui", "--no-webui", dest="ui", action="store_false",
                         help="serve the API only, no chat page")  # fmt: skip
     server.add_argument(
+        "--ui-mode", choices=("chat", "completion"),
+        help="the mode the page opens in: chat, or completion (a text the model continues, for base "
+        "models) (default: as the file was built: completion when the model has no chat template)",
+    )  # fmt: skip
+    server.add_argument(
         "--sleep-idle-seconds", type=int, default=-1, metavar="S",
         help="free the model's memory after S idle seconds; the next request loads it again "
         "(default: -1, never)",
+    )  # fmt: skip
+
+    rpc = parser.add_argument_group(
+        "split across machines (llama.cpp's RPC protocol: no authentication, no encryption; "
+        "trusted networks only)"
+    )
+    rpc.add_argument(
+        "--rpc", metavar="HOST:PORT[,HOST:PORT...]",
+        help="offload the model's layers to these RPC workers (files run with --rpc-server, or "
+        "llama.cpp's rpc-server), split by their free memory",
+    )  # fmt: skip
+    rpc.add_argument(
+        "-ts", "--tensor-split", metavar="N0,N1,...",
+        help="the share of the offloaded layers for each worker, in --rpc order (e.g. 3,1)",
+    )  # fmt: skip
+    rpc.add_argument(
+        "--rpc-server", action="store_true",
+        help=f"be a worker: lend this machine's CPU to other files over RPC, on --host (default "
+        f"127.0.0.1) and --port (default {DEFAULT_RPC_PORT}), with -t threads; loads no model",
+    )  # fmt: skip
+    rpc.add_argument(
+        "--allow-public-rpc", action="store_true",
+        help="let --rpc-server listen on every address (0.0.0.0 or ::)",
     )  # fmt: skip
 
     model = parser.add_argument_group("model")
@@ -141,8 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-b", "--batch-size", type=int, default=2048, metavar="N",
         help="most prompt tokens evaluated in one step (default: %(default)s)",
     )  # fmt: skip
-    model.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=0, metavar="N",
-                       help="layers to offload to a GPU (default: 0)")  # fmt: skip
+    model.add_argument(
+        "-ngl", "--n-gpu-layers", "--gpu-layers", type=int, metavar="N",
+        help="layers to offload to a GPU or to --rpc workers (default: 0; all with --rpc)",
+    )  # fmt: skip
     model.add_argument(
         "--chat-template", metavar="NAME|JINJA",
         help="one of llama.cpp's built-in chat templates by name, or a Jinja template's text",
@@ -238,6 +284,8 @@ def _main(user_args: list[str]) -> int:
     args = build_parser().parse_args(merge_args(built_in, user_args))
     if args.version:
         print(version_text(layout))
+        if args.rpc:
+            print(_rpc_devices_text(_rpc_endpoints(args)))
         return 0
     if args.info:
         if layout is None:
@@ -245,10 +293,44 @@ def _main(user_args: list[str]) -> int:
         print(json.dumps(layout.manifest.to_json(), indent=2, sort_keys=True))
         return 0
     _check_ranges(args)
+    if args.rpc_server:
+        return _rpc_server(args)
+    launch = _choose_chat(args)
     options = _backend_options(args, layout)
     if args.prompt is not None:
         return _complete(args, options)
+    if args.chat:
+        return _chat(args, options, layout, launch)
     return _serve(args, options, layout)
+
+
+def _choose_chat(args: argparse.Namespace) -> str:
+    """Sets args.chat where the terminal chat is the default; says why it runs."""
+    if args.chat and (args.server or args.prompt is not None):
+        raise CliError("--chat cannot be used with --server or -p")
+    if args.chat:
+        return "terminal chat (--chat)"
+    if args.server or args.nobrowser or args.prompt is not None:
+        return ""
+    if sys.stdin.isatty() and sys.stdout.isatty() and not browser_available():
+        args.chat = True
+        return "no browser here: terminal chat (--server for the API)"
+    return ""
+
+
+def browser_available() -> bool:
+    """Whether the default mode's browser tab can open. A Linux or BSD session with
+    no display (ssh, a console) gets none; webbrowser would fall back to a text
+    browser taking over this very terminal."""
+    if sys.platform not in ("win32", "darwin") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return False
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        return False
+    return True
 
 
 def _own_layout() -> Layout | None:
@@ -293,6 +375,98 @@ def version_text(layout: Layout | None) -> str:
     return "\n".join(lines)
 
 
+def _gpu_layers(args: argparse.Namespace) -> int:
+    if args.n_gpu_layers is not None:
+        return int(args.n_gpu_layers)
+    return ALL_LAYERS if args.rpc else 0
+
+
+def _rpc_endpoints(args: argparse.Namespace) -> list[Endpoint]:
+    from llamapack.runtime.llama.rpc import RpcError, parse_endpoints
+
+    if not args.rpc:
+        if args.tensor_split:
+            raise CliError("--tensor-split needs --rpc")
+        return []
+    try:
+        return parse_endpoints(args.rpc)
+    except RpcError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _tensor_split(args: argparse.Namespace) -> tuple[float, ...]:
+    if not args.tensor_split:
+        return ()
+    try:
+        shares = tuple(float(part) for part in args.tensor_split.split(","))
+    except ValueError:
+        raise CliError(f"--tensor-split {args.tensor_split}: not numbers separated by commas") from None
+    if any(share < 0 for share in shares) or not any(shares):
+        raise CliError("--tensor-split: shares must be 0 or more, and not all 0")
+    return shares
+
+
+def _rpc_devices_text(endpoints: list[Endpoint]) -> str:
+    """--version with --rpc: the workers' devices, as a model load would see them."""
+    from llamapack.runtime.llama import rpc
+    from llamapack.runtime.llama.devices import devices
+    from llamapack.runtime.llama.model import init_backend
+
+    init_backend()
+    try:
+        rpc.install_abort_hook()
+        names = set(rpc.add_workers(endpoints))
+    except rpc.RpcError as exc:
+        raise CliError(str(exc)) from None
+    found = [device for device in devices() if device.name in names]
+    return "\n".join(
+        f"{device.name}: RPC worker {device.description}, {device.memory_total >> 20} MiB" for device in found
+    )
+
+
+def _rpc_server(args: argparse.Namespace) -> int:
+    """A worker: ggml's RPC server on this machine's CPU until a signal ends it."""
+    from llamapack.runtime.llama import rpc
+    from llamapack.runtime.llama.model import init_backend
+
+    hosts = _hosts(args.host)
+    if len(hosts) > 1:
+        raise CliError("--rpc-server listens on one address")
+    endpoint = rpc.Endpoint(hosts[0], args.port or DEFAULT_RPC_PORT)
+    if endpoint.host in ("0.0.0.0", "::") and not args.allow_public_rpc:
+        raise CliError(
+            f"--rpc-server will not listen on every address ({endpoint.host}): the RPC protocol has no "
+            "authentication; name one address, or add --allow-public-rpc on a trusted network"
+        )
+    if endpoint.host not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"{PROG}: warning: llama.cpp's RPC protocol has no authentication or encryption: anyone who can "
+            f"reach {endpoint} can use this machine's memory and CPU; use it only on a trusted network",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+    threads = args.threads or physical_cores()
+    init_backend(args.verbose)
+    _stop_on_terminate()
+    print(f"{PROG}: RPC worker on {endpoint}, {threads} threads", file=sys.stderr, flush=True)
+    try:
+        rpc.serve(endpoint, threads)
+    except rpc.RpcError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def _stop_on_terminate() -> None:
+    """SIGTERM ends a worker as Ctrl-C does (exit 0 from the KeyboardInterrupt handler
+    would be 130): one line, status 0, so the bootloader cleans up."""
+
+    def stop(number: int, _frame: object) -> None:
+        print(f"{PROG}: stopped ({signal.Signals(number).name})", file=sys.stderr, flush=True)
+        raise SystemExit(0)
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, stop)
+
+
 def _check_ranges(args: argparse.Namespace) -> None:
     if args.max_queue < 0:
         raise CliError("--max-queue must be 0 or more")
@@ -302,8 +476,10 @@ def _check_ranges(args: argparse.Namespace) -> None:
             raise CliError(f"--{name} must be at least 1")
     if args.ctx_size < 0:
         raise CliError("--ctx-size must be 0 (the model's) or more")
-    if not 0 < args.port < 65536:
+    if args.port is not None and not 0 < args.port < 65536:
         raise CliError("--port must be between 1 and 65535")
+    if args.rpc_server and (args.rpc or args.prompt is not None or args.chat or args.server):
+        raise CliError("--rpc-server is a worker on its own: not with --rpc, --server, --chat or -p")
     if args.max_body < 1:
         raise CliError("--max-body must be at least 1")
     if args.sleep_idle_seconds == 0 or args.sleep_idle_seconds < -1:
@@ -335,16 +511,18 @@ def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Backend
         source=source,
         chat_template=template,
         ctx_size=args.ctx_size,
-        parallel=1 if args.prompt is not None else (args.parallel or DEFAULT_PARALLEL),
+        parallel=1 if args.prompt is not None or args.chat else (args.parallel or DEFAULT_PARALLEL),
         kv_unified=args.parallel is None or args.kv_unified,
         jinja=args.jinja,
         n_batch=args.batch_size,
         template_kwargs=_template_kwargs(args.chat_template_kwargs, args.reasoning),
         threads=args.threads or physical_cores(),
-        n_gpu_layers=args.n_gpu_layers,
+        n_gpu_layers=_gpu_layers(args),
+        rpc=tuple(str(endpoint) for endpoint in _rpc_endpoints(args)),
+        tensor_split=_tensor_split(args),
         verbose=args.verbose,
         max_queue=args.max_queue,
-        embedding=args.embedding and args.prompt is None,
+        embedding=args.embedding and args.prompt is None and not args.chat,
         n_predict=args.n_predict,
     )
 
@@ -398,27 +576,33 @@ def _load(options: BackendOptions) -> Backend:
         raise CliError(str(exc)) from None
 
 
-def _complete(args: argparse.Namespace, options: BackendOptions) -> int:
-    from llamapack.runtime.engine.events import RequestError
+def _generation(args: argparse.Namespace) -> Generation:
+    """What -p and each --chat turn ask of the engine: the generation flags."""
     from llamapack.runtime.engine.sampling import SamplingParams
     from llamapack.runtime.server.requests import Generation
+
+    return Generation(
+        sampling=SamplingParams(
+            temperature=args.temp,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            repeat_penalty=args.repeat_penalty,
+            seed=None if args.seed < 0 else args.seed,
+        ),
+        max_tokens=None if args.n_predict < 0 else args.n_predict,
+        stop=[],
+        ignore_eos=False,
+    )
+
+
+def _complete(args: argparse.Namespace, options: BackendOptions) -> int:
+    from llamapack.runtime.engine.events import RequestError
 
     backend = _load(options)
     announce_engine(backend)
     try:
-        generation = Generation(
-            sampling=SamplingParams(
-                temperature=args.temp,
-                top_k=args.top_k,
-                top_p=args.top_p,
-                min_p=args.min_p,
-                repeat_penalty=args.repeat_penalty,
-                seed=None if args.seed < 0 else args.seed,
-            ),
-            max_tokens=None if args.n_predict < 0 else args.n_predict,
-            stop=[],
-            ignore_eos=False,
-        )
+        generation = _generation(args)
 
         def write(text: str) -> None:
             sys.stdout.write(text)
@@ -436,6 +620,18 @@ def _complete(args: argparse.Namespace, options: BackendOptions) -> int:
         backend.close()
 
 
+def _chat(args: argparse.Namespace, options: BackendOptions, layout: Layout | None, launch: str) -> int:
+    print(f"{PROG}: {launch}, loading {_default_alias(options, layout)}", file=sys.stderr, flush=True)
+    backend = _load(options)
+    announce_engine(backend)
+    try:
+        from llamapack.runtime import terminal_chat
+
+        return terminal_chat.run(backend, lambda: _generation(args), system_prompt=args.system_prompt)
+    finally:
+        backend.close()
+
+
 def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | None) -> int:
     import asyncio
 
@@ -447,7 +643,8 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
     from llamapack.runtime.server.vertex import VertexSettings
 
     vertex = VertexSettings.from_environment()
-    port = vertex.port if vertex and vertex.port else args.port  # Vertex AI chooses the port
+    # Vertex AI chooses the port.
+    port = vertex.port if vertex and vertex.port else (args.port or DEFAULT_PORT)
     hosts = _hosts(args.host)
     sockets = [_bind(host, port) for host in hosts]
     exposed = [host for host in hosts if not is_loopback(host)]
@@ -500,6 +697,8 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
         metrics=args.metrics,
         slots=args.slots,
         ui=args.ui,
+        ui_mode=args.ui_mode,
+        chat_template=options.chat_template,
         request_defaults=_request_defaults(args),
         reasoning_format=args.reasoning_format,
         system_prompt=args.system_prompt,

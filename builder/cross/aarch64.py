@@ -49,10 +49,10 @@ VENV = "/opt/llamapack-venv"
 # PyInstaller: installed in the root at the versions this host has.
 RUNTIME_DEPS = ("aiohttp", "msgspec", "jinja2", "pyinstaller")
 # Bump LIBS_RECIPE when the cmake options below change.
-LIBS_RECIPE = "r1"
+LIBS_RECIPE = "r2"
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON",
-    "-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON",
+    "-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_RPC=ON",
     "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
     "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_CURL=OFF",
     "-DCMAKE_INSTALL_RPATH=$ORIGIN", "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
@@ -275,7 +275,8 @@ def libs_path() -> Path:
 
 
 def ensure_libs(log: Log = _quiet) -> Path:
-    """llama.cpp's shared libraries for aarch64 (libllama, libggml, one libggml-cpu per variant)."""
+    """llama.cpp's shared libraries for aarch64 (libllama, libggml, one libggml-cpu per variant,
+    libggml-rpc)."""
     target = libs_path()
     if (target / _READY).is_file():
         return target
@@ -307,7 +308,8 @@ def ensure_libs(log: Log = _quiet) -> Path:
              "libs", "configuring llama.cpp for aarch64")  # fmt: skip
         # libllama and what it needs (libggml needs every CPU variant); not llama.cpp's
         # common library and app, which the standalone project builds by default
-        _run(["cmake", "--build", str(build), "--target", "llama", "--parallel", str(os.cpu_count() or 2)],
+        jobs = str(os.cpu_count() or 2)
+        _run(["cmake", "--build", str(build), "--target", "llama", "ggml-rpc", "--parallel", jobs],
              "libs", "cross-compiling llama.cpp")  # fmt: skip
         staged = work_dir / "lib"
         staged.mkdir()

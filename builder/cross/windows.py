@@ -59,7 +59,7 @@ PYTHON_DIR = "py311"
 # does not assemble with GCC 12 and is skipped by runtime/llama/cpu.py anyway.
 VARIANTS = ("x64", "sse42", "sandybridge", "haswell", "skylakex", "icelake", "alderlake", "zen4")
 # Raised whenever the compile recipe below changes: the engine folder's name has it.
-ENGINE_RECIPE = 2
+ENGINE_RECIPE = 3
 # The runtime's imports, pinned to what this host's runtime runs with. pefile and
 # pywin32-ctypes are PyInstaller's Windows-only dependencies, which `pip download
 # --platform` does not see from Linux.
@@ -197,13 +197,15 @@ def _sdist_tree(downloads: Path) -> Path:
 
 
 def _engine(downloads: Path, say: Log) -> list[Path]:
-    """llama.cpp's DLLs for Windows: llama, ggml, ggml-base, ggml-cpu-<variant>."""
+    """llama.cpp's DLLs for Windows: llama, ggml, ggml-base, ggml-cpu-<variant>, ggml-rpc."""
     folder = root() / f"engine-{llama_cpp_version()}-r{ENGINE_RECIPE}-{'-'.join(VARIANTS)}"
     if not _done(folder):
         _compile_engine(downloads, folder, say)
     libraries = sorted((folder / "lib").glob("*.dll"))
     names = {path.name.removeprefix("lib") for path in libraries}  # llama.dll or libllama.dll
-    expected = {"llama.dll", "ggml.dll", "ggml-base.dll"} | {f"ggml-cpu-{v}.dll" for v in VARIANTS}
+    expected = {"llama.dll", "ggml.dll", "ggml-base.dll", "ggml-rpc.dll"} | {
+        f"ggml-cpu-{v}.dll" for v in VARIANTS
+    }
     for path in libraries:  # the CPU variants are MODULE libraries: linked statically too?
         imports = [name for name in _MINGW_RUNTIME if name in path.read_bytes()]
         if imports:
@@ -238,13 +240,14 @@ def _compile_engine(downloads: Path, folder: Path, say: Log) -> None:
                 f"-DCMAKE_SHARED_LINKER_FLAGS={link}", f"-DCMAKE_MODULE_LINKER_FLAGS={link}",
                 f"-DCMAKE_EXE_LINKER_FLAGS={link}",
                 "-DBUILD_SHARED_LIBS=ON", "-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON",
-                "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_OPENMP=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
+                "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_RPC=ON", "-DGGML_OPENMP=OFF", "-DLLAMA_CURL=OFF",
+                "-DLLAMA_OPENSSL=OFF",
                 "-DLLAMA_BUILD_COMMON=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
                 "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF",
             ],
             log, "cmake (configure llama.cpp for Windows)",
         )  # fmt: skip
-        targets = ["llama", *[f"ggml-cpu-{variant}" for variant in VARIANTS]]
+        targets = ["llama", "ggml-rpc", *[f"ggml-cpu-{variant}" for variant in VARIANTS]]
         jobs = str(os.cpu_count() or 2)
         _run(
             ["cmake", "--build", str(build), "--parallel", jobs, "--target", *targets],

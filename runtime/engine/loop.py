@@ -71,7 +71,8 @@ class Engine:
         self.waiting: collections.deque[Request] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
-        self.failure: str | None = None  # why the engine thread died, if it did
+        self.failure: str | None = None  # why the engine can serve no more, if it cannot
+        self._stuck = False  # its thread is blocked for good (see `fail`)
         self._candidates: Candidates | None = None  # for logprobs; made at the first request for them
         self._thread = threading.Thread(target=self._run, name="llamapack-engine", daemon=True)
         self._thread.start()
@@ -132,12 +133,41 @@ class Engine:
             request.free_sampler()
             request.on_event(Event(finish_reason="stop", error="the server is shutting down"))
 
+    @property
+    def stuck(self) -> bool:
+        """Its thread is blocked for good (see `fail`): nothing it holds may be freed."""
+        return self._stuck
+
     def close(self) -> None:
         with self._wake:
             self._stopping = True
             self._wake.notify()
+        if self._stuck:
+            return  # its thread waits on a lost RPC worker forever: the context stays as it is
         self._thread.join()
         self.context.close()
+
+    def fail(self, reason: str, stuck: bool = False) -> None:
+        """The engine can serve no more: every request running or queued gets a final
+        error event, and `submit` refuses with `reason` (which /health reports).
+        `stuck`: the engine thread is blocked for good (a lost RPC worker) and is
+        neither waited for nor has its context freed."""
+        with self._wake:
+            if self.failure is not None:
+                return
+            self.failure = reason
+            self._stuck = stuck
+            orphans = [slot.run.request for slot in self.slots if slot.run is not None]
+            orphans += list(self.waiting)
+            self.waiting.clear()
+            for slot in self.slots:
+                slot.run = None
+        for request in orphans:
+            if not stuck:  # a stuck thread may still hold the sampler
+                with contextlib.suppress(Exception):
+                    request.free_sampler()
+            with contextlib.suppress(Exception):
+                request.on_event(Event(finish_reason="stop", error=reason))
 
     # -- the engine thread
 
@@ -145,21 +175,8 @@ class Engine:
         try:
             self._serve()
         except BaseException as exc:
-            # Whatever ends the loop, no request may wait forever: every one
-            # running or queued gets a final error event, and `submit` refuses.
-            with self._wake:
-                self.failure = f"the engine stopped after an internal error: {exc!r}"
-                orphans = [slot.run.request for slot in self.slots if slot.run is not None]
-                orphans += list(self.waiting)
-                self.waiting.clear()
-                for slot in self.slots:
-                    slot.run = None
-            for request in orphans:
-                try:
-                    request.free_sampler()
-                finally:
-                    with contextlib.suppress(Exception):
-                        request.on_event(Event(finish_reason="stop", error=self.failure))
+            # Whatever ends the loop, no request may wait forever.
+            self.fail(f"the engine stopped after an internal error: {exc!r}")
             traceback.print_exc()  # a bug: show it, the server itself stays up and says so
 
     def _serve(self) -> None:

@@ -69,6 +69,7 @@ class EngineReport:
     gpu_layers_requested: int = 0
     model_layers: int = 0
     warnings: tuple[str, ...] = field(default=())
+    layers_by_device: dict[str, int] = field(default_factory=dict)  # as llama.cpp placed them
 
     @property
     def gpus(self) -> tuple[Device, ...]:
@@ -92,7 +93,13 @@ class EngineReport:
     def line(self) -> str:
         """The launch line: the GPUs that get layers, then the CPU, threads and build."""
         parts = []
-        if self.gpu_layers:
+        offloaded = {name: count for name, count in self.layers_by_device.items() if name != "CPU"}
+        if offloaded:
+            described = {d.name: d.description for d in self.devices}
+            parts += [
+                f"{name} ({described.get(name, '?')}): {count} layers" for name, count in offloaded.items()
+            ]
+        elif self.gpu_layers:
             names = ", ".join(f"{d.name}: {d.description}" for d in self.gpus)
             parts.append(f"{names}, {self.gpu_layers} layers")
         cpu = self.cpu_summary()
@@ -111,6 +118,7 @@ class EngineReport:
             "threads": self.threads,
             "gpu_layers_requested": self.gpu_layers_requested,
             "gpu_layers": self.gpu_layers,
+            "layers_by_device": dict(self.layers_by_device),
             "llama_cpp": self.build.to_json(),
             "warnings": list(self.warnings),
         }
@@ -170,7 +178,11 @@ def devices() -> tuple[Device, ...]:
 
 
 def engine_report(
-    cpu: CpuBackend, threads: int, gpu_layers_requested: int, model_layers: int
+    cpu: CpuBackend,
+    threads: int,
+    gpu_layers_requested: int,
+    model_layers: int,
+    layers_by_device: dict[str, int] | None = None,
 ) -> EngineReport:
     """Describe the engine of a loaded model (devices are read now)."""
     found = devices()
@@ -182,4 +194,5 @@ def engine_report(
         gpu_layers_requested=gpu_layers_requested,
         model_layers=model_layers,
         warnings=offload_warnings(gpu_layers_requested, found),
+        layers_by_device=dict(layers_by_device or {}),
     )

@@ -42,6 +42,9 @@ _SIGNATURES: dict[str, tuple[list[type], type | None]] = {
     "ggml_backend_dev_type": ([ctypes.c_void_p], ctypes.c_int),
     "ggml_backend_dev_memory": ([ctypes.c_void_p, _SIZE_P, _SIZE_P], None),
     "ggml_backend_buft_name": ([ctypes.c_void_p], ctypes.c_char_p),
+    "ggml_backend_register": ([ctypes.c_void_p], None),
+    "ggml_backend_dev_by_type": ([ctypes.c_int], ctypes.c_void_p),
+    "ggml_set_abort_callback": ([ctypes.c_void_p], ctypes.c_void_p),
 }
 
 

@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -23,6 +24,8 @@ from llamapack.runtime.fileformat import ModelSource, StubError
 from llamapack.runtime.fileformat.executables import pe_imports
 from llamapack.runtime.llama.cpu import cpu_backend
 
+# llama.cpp says where each layer goes only in its (debug) log, as it decides.
+_LAYER_PLACED = re.compile(r"layer\s+(\d+) assigned to device (\S+?),")
 _LOG_ERROR = 4
 _LOG_CONT = 5
 _LOAD_MODE_NONE = 0  # enum llama_load_mode
@@ -39,6 +42,7 @@ class _LlamaLog:
     def __init__(self) -> None:
         self.verbose = False
         self.first_error = ""  # llama.cpp says why a load failed only in its log
+        self.layer_devices: dict[int, str] = {}  # layer -> device, as the last load placed them
         self._last_level = 0
         self._callback = llama.llama_log_callback(self._log)
         llama.llama_log_set(self._callback, ctypes.c_void_p(0))
@@ -47,6 +51,9 @@ class _LlamaLog:
         if level != _LOG_CONT:
             self._last_level = level
         message = text.decode("utf-8", errors="replace")
+        placed = _LAYER_PLACED.search(message)
+        if placed:
+            self.layer_devices[int(placed.group(1))] = placed.group(2)
         if self._last_level >= _LOG_ERROR and message.strip() and not self.first_error:
             self.first_error = message.strip()
         if self.verbose:
@@ -146,7 +153,13 @@ def _c_runtime() -> _CRuntime:
 class Model:
     """A loaded model: weights mapped from the file, plus tokenizer helpers."""
 
-    def __init__(self, source: ModelSource, n_gpu_layers: int = 0, vocab_only: bool = False):
+    def __init__(
+        self,
+        source: ModelSource,
+        n_gpu_layers: int = 0,
+        vocab_only: bool = False,
+        tensor_split: tuple[float, ...] = (),
+    ):
         params = llama.llama_model_default_params()
         # Map the weights in place (zero copy). A vocab-only load reads no
         # tensors, so it needs no aligned mapping: a STORED member of someone's
@@ -155,15 +168,20 @@ class Model:
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
         params.use_extra_bufts = cpu_backend().use_extra_bufts  # False keeps ggml's AMX kernels off
+        if tensor_split:
+            shares = (ctypes.c_float * llama.llama_max_devices())(*tensor_split[: llama.llama_max_devices()])
+            params.tensor_split = shares  # read during the load only
         self._file = _CFile(source)
         if _log is not None:
             _log.first_error = ""
+            _log.layer_devices = {}
         pointer = llama.llama_model_load_from_file_ptr(self._file.pointer, params)
         if not pointer:
             self._file.close()
             reason = _log.first_error if _log is not None else "see --verbose"
             raise ModelLoadError(f"llama.cpp cannot load the model in {source.path}: {reason}")
         self.pointer = pointer
+        self.layers_by_device = _count_layers(_log.layer_devices if _log is not None else {})
         self.vocab = llama.llama_model_get_vocab(pointer)
         self.n_ctx_train = int(llama.llama_model_n_ctx_train(pointer))
         self.n_vocab = int(llama.llama_vocab_n_tokens(self.vocab))
@@ -248,6 +266,14 @@ class Model:
     def eos_text(self) -> str:
         token = llama.llama_vocab_eos(self.vocab)
         return self.token_text(token) if token >= 0 else ""
+
+
+def _count_layers(placed: dict[int, str]) -> dict[str, int]:
+    """{device: layers}, in the order the devices first get a layer (the output layer counts)."""
+    counts: dict[str, int] = {}
+    for layer in sorted(placed):
+        counts[placed[layer]] = counts.get(placed[layer], 0) + 1
+    return counts
 
 
 class TextDecoder:
