@@ -62,9 +62,12 @@ def test_ctrl_c_mid_build_leaves_nothing(tmp_path, fake_stub):
     before = (source.stat().st_size, source.stat().st_mtime_ns)
     out_dir = tmp_path / "out"
     env = {**os.environ, "LLAMAPACK_DISABLE_PROGRESS_BARS": "1"}
+    # As from a terminal: a suite started in the background (`cmd &` in a script) hands
+    # its children SIGINT ignored, and Python then keeps it ignored.
     process = subprocess.Popen(
         llamapack("build", str(source), "-o", str(out_dir / "model"), "--runtime", str(fake_stub)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     frozen_mid_copy(process, out_dir)
     process.send_signal(signal.SIGINT)
