@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"127.0.0.1) and --port (default {DEFAULT_RPC_PORT}), with -t threads; loads no model",
     )  # fmt: skip
     rpc.add_argument(
+        "--mem", type=int, metavar="MiB",
+        help="with --rpc-server: the memory this worker offers (default: all it has); a main "
+        "process splits the layers by what its workers offer",
+    )  # fmt: skip
+    rpc.add_argument(
         "--allow-public-rpc", action="store_true",
         help="let --rpc-server listen on every address (0.0.0.0 or ::)",
     )  # fmt: skip
@@ -449,7 +454,7 @@ def _rpc_server(args: argparse.Namespace) -> int:
     _stop_on_terminate()
     print(f"{PROG}: RPC worker on {endpoint}, {threads} threads", file=sys.stderr, flush=True)
     try:
-        rpc.serve(endpoint, threads)
+        rpc.serve(endpoint, threads, memory=None if args.mem is None else args.mem << 20)
     except rpc.RpcError as exc:
         raise CliError(str(exc)) from None
     return 0
@@ -478,6 +483,8 @@ def _check_ranges(args: argparse.Namespace) -> None:
         raise CliError("--ctx-size must be 0 (the model's) or more")
     if args.port is not None and not 0 < args.port < 65536:
         raise CliError("--port must be between 1 and 65535")
+    if args.mem is not None and (args.mem < 1 or not args.rpc_server):
+        raise CliError("--mem takes the MiB a --rpc-server worker offers (at least 1)")
     if args.rpc_server and (args.rpc or args.prompt is not None or args.chat or args.server):
         raise CliError("--rpc-server is a worker on its own: not with --rpc, --server, --chat or -p")
     if args.max_body < 1:

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llamapack.runtime.llama.cpu import search_directories
 from llamapack.runtime.llama.ggml import ggml as ggml_api
@@ -53,6 +54,9 @@ _StartServer = ctypes.CFUNCTYPE(
     None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)
 )
 _AbortCallback = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+_SIZE_P = ctypes.POINTER(ctypes.c_size_t)
+_GetMemory = ctypes.CFUNCTYPE(None, ctypes.c_void_p, _SIZE_P, _SIZE_P)
+_GET_MEMORY_SLOT = 2  # ggml_backend_device_i: get_name, get_description, get_memory, ...
 _CPU_DEVICE = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
 
 
@@ -190,16 +194,19 @@ def check_bind(endpoint: Endpoint) -> None:
         raise RpcError(f"cannot listen on {endpoint}: {exc.strerror or exc}") from None
 
 
-def serve(endpoint: Endpoint, threads: int, cache_dir: Path | None = None) -> None:
+def serve(endpoint: Endpoint, threads: int, memory: int | None = None, cache_dir: Path | None = None) -> None:
     """Serve this machine's CPU as an RPC worker until the process ends: ggml's
     server runs in a thread of its own, so that the main thread stays free for
-    signals (a C call never returns to Python to run them)."""
+    signals (a C call never returns to Python to run them). `memory` (bytes) caps
+    the memory the worker reports, which is what a main process splits layers by."""
     check_bind(endpoint)
     start_server = _function("ggml_backend_rpc_start_server", _StartServer)
     ggml = ggml_api()
     device = ggml.ggml_backend_dev_by_type(_CPU_DEVICE)
     if not device:
         raise RpcError("no CPU device to serve")
+    if memory is not None:
+        _report_at_most(device, memory)
     devices = (ctypes.c_void_p * 1)(device)
     cache = os.fsencode(cache_dir) if cache_dir is not None else None
     ended = threading.Event()
@@ -214,6 +221,29 @@ def serve(endpoint: Endpoint, threads: int, cache_dir: Path | None = None) -> No
     while not ended.wait(0.5):  # wakes for signals; ggml's server returns only on failure
         pass
     raise RpcError(f"the RPC server on {endpoint} stopped (see its message above)")
+
+
+_memory_hook: object = None  # kept alive as long as ggml may call it
+
+
+def _report_at_most(device: int, limit: int) -> None:
+    """llama.cpp's rpc-server once had --mem; this one's server reports each device's
+    own memory. The CPU device of this process reports at most `limit` instead: its
+    get_memory entry is swapped for one that caps the answer (the server asks the
+    device that its backend names, the CPU backend's own, so only that entry does)."""
+    global _memory_hook
+    entries = (ctypes.c_void_p * (_GET_MEMORY_SLOT + 1)).from_address(device)
+    address = entries[_GET_MEMORY_SLOT]
+    if not address:
+        raise RpcError("this ggml's CPU device reports no memory to cap")
+    original = _GetMemory(address)
+
+    def get_memory(dev: int, free: Any, total: Any) -> None:
+        original(dev, free, total)
+        free[0], total[0] = min(free[0], limit), min(total[0], limit)
+
+    _memory_hook = _GetMemory(get_memory)
+    entries[_GET_MEMORY_SLOT] = ctypes.cast(_memory_hook, ctypes.c_void_p).value
 
 
 # -- a worker lost mid-run

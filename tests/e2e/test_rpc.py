@@ -116,6 +116,30 @@ def test_the_server_reports_the_layers_on_each_device(gemma_file, workers):
         server.close()
 
 
+def test_workers_offer_the_memory_mem_says_and_layers_follow_it(gemma_file):
+    big, small = Worker(gemma_file, "--mem", "3000"), Worker(gemma_file, "--mem", "1000")
+    try:
+        for worker in (big, small):
+            worker.wait_ready()
+        flag = rpc_flag([big, small])
+        version = run_file(gemma_file, "--version", "--rpc", flag)
+        assert version.stdout.splitlines()[-2:] == [
+            f"RPC0: RPC worker {big.endpoint}, 3000 MiB",
+            f"RPC1: RPC worker {small.endpoint}, 1000 MiB",
+        ], version.stdout
+        split = run_file(gemma_file, "--rpc", flag, *PROMPT, timeout=300)
+        engine = next(line for line in split.stderr.splitlines() if ": engine: " in line)
+        layers = dict(
+            (part.split(" (")[0].strip(), int(part.rsplit(": ", 1)[1].split()[0]))
+            for part in engine.split(": engine: ")[1].split(", ")
+            if part.startswith("RPC")
+        )
+        assert layers["RPC0"] > 2 * layers["RPC1"], engine  # 3:1 by memory
+    finally:
+        for worker in (big, small):
+            stop(worker.process)
+
+
 def test_a_worker_lost_mid_stream_fails_the_request_and_health_says_why(gemma_file, workers):
     server = Server(gemma_file, "--rpc", rpc_flag(workers))
     try:
