@@ -152,3 +152,36 @@ def test_a_chat_completion_feeds_the_model_that_prompt(served: tuple[str, Server
     status, tokens = get_json(f"{server.url}/tokenize", {"content": EXPECTED[family], "add_special": True})
     assert status == 200, tokens
     assert answer["usage"]["prompt_tokens"] == len(tokens["tokens"])
+
+
+def test_the_page_opens_in_chat_and_sends_what_the_template_renders(
+    gemma_it_gguf: Path, runtime_stub: Path, tmp_path: Path
+) -> None:
+    """The page of a model with its own template opens in chat mode, and the
+    conversation it sends is rendered by that template (what /apply-template shows)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+
+    server = Server(build_file(gemma_it_gguf, tmp_path / "model", "--runtime", str(runtime_stub)))
+    try:
+        server.wait_healthy(timeout=120)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(server.url + "/")
+                expect(page.locator("#mode-chat")).to_have_attribute("aria-pressed", "true")
+                with page.expect_request("**/v1/chat/completions") as sent:
+                    page.locator("#prompt").fill("What is the capital of France?")
+                    page.locator("#prompt").press("Enter")
+                body = sent.value.post_data_json
+            finally:
+                browser.close()
+        status, answer = get_json(f"{server.url}/apply-template", {"messages": body["messages"]})
+        assert status == 200, answer
+        assert answer["prompt"] == (
+            "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\n"
+        )
+    finally:
+        server.close()
