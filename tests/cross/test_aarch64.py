@@ -14,6 +14,7 @@ import os
 import signal
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,3 +110,38 @@ def test_serves_health_chat_and_page_and_stops_on_sigterm(server: Server) -> Non
     code, err = server.stop(signal.SIGTERM)
     assert code == 0, err
     assert "Traceback" not in err
+
+
+def test_the_file_is_an_rpc_worker_for_an_x86_64_file(
+    aarch64_file: Path, gemma_gguf: Path, tmp_path: Path, emulated: None
+) -> None:
+    """Every file is also a worker: the arm64 one lends its (emulated) CPU to the
+    x86-64 file over llama.cpp's RPC protocol on loopback."""
+    from llamapack.runtime.llama.rpc import Endpoint, RpcError, probe
+    from tests.support.processes import free_port, stop
+
+    port = free_port()
+    worker = subprocess.Popen(
+        [str(aarch64_file), "--rpc-server", "--port", str(port), "-t", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + EMULATED
+        while True:
+            try:
+                probe(Endpoint("127.0.0.1", port), timeout=10)
+                break
+            except RpcError:
+                assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
+                time.sleep(0.5)
+        host_file = build_file(gemma_gguf, tmp_path / "gemma-x86_64")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QEMU_")}
+        split = subprocess.run(
+            [str(host_file), "--rpc", f"127.0.0.1:{port}", *PROMPT],
+            capture_output=True, text=True, timeout=EMULATED, env=env,
+        )  # fmt: skip
+        assert split.returncode == 0, split.stderr[-3000:]
+        assert split.stdout.strip()
+        assert f"RPC0 (127.0.0.1:{port}): 19 layers" in split.stderr, split.stderr
+    finally:
+        stop(worker)

@@ -226,3 +226,54 @@ def test_ctrl_c_and_ctrl_break_shut_down_gracefully_then_at_once(
     assert run.returncode == 128 + number
     said = run.stderr.replace("\r\n", "\n")
     assert said == f"llamapack-runtime: stopped at once ({name} during shutdown)\n"
+
+
+def test_the_file_is_an_rpc_worker_for_a_linux_file(
+    windows_file: Path, gemma_gguf: Path, tmp_path: Path
+) -> None:
+    """Every file is also a worker: the Windows one, under Wine, lends its CPU to the
+    Linux file over llama.cpp's RPC protocol on loopback, with the same greedy text
+    as the Linux file computing alone with the same kernels (see tests/e2e/test_rpc.py)."""
+    from llamapack.runtime.llama.rpc import Endpoint, RpcError, probe
+    from tests.support.processes import free_port
+
+    before = _extractions()
+    port = free_port()
+    worker = subprocess.Popen(
+        _wine(windows_file, "--rpc-server", "--port", str(port), "-t", "2"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=windows.wine_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + UNDER_WINE
+        while True:
+            try:
+                probe(Endpoint("127.0.0.1", port), timeout=10)
+                break
+            except RpcError:
+                assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
+                time.sleep(0.5)
+        host_file = build_file(gemma_gguf, tmp_path / "gemma-linux")
+        split = run_host(host_file, "--rpc", f"127.0.0.1:{port}", *PROMPT)
+        assert split.returncode == 0, split.stderr[-3000:]
+        assert f"RPC0 (127.0.0.1:{port}): 19 layers" in split.stderr, split.stderr
+        alone = run_host(host_file, *PROMPT, env={"LLAMAPACK_CPU_EXTRA_BUFTS": "0"})
+        assert split.stdout == alone.stdout
+    finally:
+        if worker.poll() is None:
+            with contextlib.suppress(AssertionError, OSError):
+                os.kill(_python_process(windows_file), signal.SIGTERM)
+            # The bootloader, left alone, removes its _MEI folder and ends.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.wait(60)
+        stop(worker)
+    deadline = time.monotonic() + 30
+    while _extractions() - before and time.monotonic() < deadline:
+        time.sleep(0.5)  # Wine ends the bootloader's child a moment after it
+    assert not _extractions() - before, f"left behind: {_extractions() - before}"
+
+
+def run_host(path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(path), *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
