@@ -37,8 +37,7 @@ from bench.run import (
     log,
     machine,
 )
-from llamapack.runtime.llama.rpc import Endpoint, RpcError, probe
-from tests.support.processes import free_port, stop
+from tests.support.processes import free_port, stop, wait_rpc_worker
 
 RESULTS = ROOT / "bench" / "RPC.md"
 THREADS = 2  # the main process; each worker gets 1
@@ -55,15 +54,7 @@ def workers(command: Callable[[int], list[str]], count: int = 2) -> Iterator[str
     ]
     try:
         for port, process in zip(ports, processes, strict=True):
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    probe(Endpoint("127.0.0.1", port), timeout=5)
-                    break
-                except RpcError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"the RPC worker on port {port} did not start") from None
-                    time.sleep(0.1)
+            wait_rpc_worker(port, process)
         yield ",".join(f"127.0.0.1:{port}" for port in ports)
     finally:
         for process in processes:

@@ -642,9 +642,11 @@ def _chat(args: argparse.Namespace, options: BackendOptions, layout: Layout | No
 def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | None) -> int:
     import asyncio
 
+    # The model loads (in C, without the GIL) while the HTTP side is imported and set up.
+    load_backend = _load_in_background(options)
+
     from aiohttp import web
 
-    from llamapack.runtime.backend import Backend
     from llamapack.runtime.server.app import ServerConfig, create_app
     from llamapack.runtime.server.guard import is_loopback
     from llamapack.runtime.server.vertex import VertexSettings
@@ -688,7 +690,7 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
 
     wildcard = next((host for host in hosts if host in ("0.0.0.0", "::")), hosts[0])
     config = ServerConfig(
-        load_backend=lambda: announce_engine(Backend(options)),
+        load_backend=load_backend,
         model_alias=name,
         model_aliases=tuple(sorted(aliases)),
         model_tags=_names(args.tags),
@@ -729,6 +731,38 @@ def _serve(args: argparse.Namespace, options: BackendOptions, layout: Layout | N
     if load_errors:
         raise CliError(f"could not load the model: {load_errors[0]}")
     return 0
+
+
+def _load_in_background(options: BackendOptions) -> Callable[[], Backend]:
+    """Start loading the backend now, in a thread; the returned call hands it over
+    (announced, or raising what the load raised) the first time, and loads anew after
+    that (the server frees the model when it sleeps and loads it again on wake)."""
+    import concurrent.futures
+    import threading
+
+    first: concurrent.futures.Future[Backend] = concurrent.futures.Future()
+
+    def load() -> None:
+        try:
+            from llamapack.runtime.backend import Backend
+
+            first.set_result(Backend(options))
+        except BaseException as exc:
+            first.set_exception(exc)
+
+    threading.Thread(target=load, name="llamapack-load", daemon=True).start()
+    handed_over = False
+
+    def load_backend() -> Backend:
+        nonlocal handed_over
+        if not handed_over:
+            handed_over = True
+            return announce_engine(first.result())
+        from llamapack.runtime.backend import Backend
+
+        return announce_engine(Backend(options))
+
+    return load_backend
 
 
 def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:

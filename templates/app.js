@@ -493,8 +493,21 @@ async function generate(chat) {
 }
 
 /** Streams one reply into `message.content`, noting timings and usage in `progress`. */
-async function streamReply(body, signal, message, progress) {
-  const response = await fetch("/v1/chat/completions", {
+function streamReply(body, signal, message, progress) {
+  return streamGeneration("/v1/chat/completions", body, signal, progress, (choice) => {
+    if (!choice?.delta?.content) return;
+    message.content += choice.delta.content;
+    scheduleRender();
+  });
+}
+
+/**
+ * POSTs `body` to one of the generating routes and reads its event stream: each
+ * choice goes to `onChoice` (which returns nothing); the finish reason, timings,
+ * usage and the count of pieces go into `progress`; an error event throws.
+ */
+async function streamGeneration(url, body, signal, progress, onChoice) {
+  const response = await fetch(url, {
     method: "POST",
     headers: { "Content-Type": "application/json", ...authHeaders() },
     body: JSON.stringify(body),
@@ -503,11 +516,8 @@ async function streamReply(body, signal, message, progress) {
   if (!response.ok) throw await httpError(response);
   await readEvents(response, (chunk) => {
     const choice = chunk.choices?.[0];
-    if (choice?.delta?.content) {
-      message.content += choice.delta.content;
-      progress.deltas++;
-      scheduleRender();
-    }
+    if (choice?.delta?.content || choice?.text) progress.deltas++;
+    onChoice(choice);
     if (choice?.finish_reason) progress.finish = choice.finish_reason;
     if (chunk.timings) progress.timings = chunk.timings;
     if (chunk.usage) progress.usage = chunk.usage;
@@ -658,25 +668,11 @@ async function complete() {
   else announce(meta.stopped ? "Stopped." : `The model wrote: ${run.text}`);
 }
 
-async function streamCompletion(body, signal, run, progress) {
-  const response = await fetch("/v1/completions", {
-    method: "POST",
-    headers: { "Content-Type": "application/json", ...authHeaders() },
-    body: JSON.stringify(body),
-    signal,
-  });
-  if (!response.ok) throw await httpError(response);
-  await readEvents(response, (chunk) => {
-    const choice = chunk.choices?.[0];
-    if (choice?.text) {
-      run.text += choice.text;
-      progress.deltas++;
-      scheduleNotebook();
-    }
-    if (choice?.finish_reason) progress.finish = choice.finish_reason;
-    if (chunk.timings) progress.timings = chunk.timings;
-    if (chunk.usage) progress.usage = chunk.usage;
-    if (chunk.error) throw new ChatError("stream", chunk.error.message);
+function streamCompletion(body, signal, run, progress) {
+  return streamGeneration("/v1/completions", body, signal, progress, (choice) => {
+    if (!choice?.text) return;
+    run.text += choice.text;
+    scheduleNotebook();
   });
 }
 

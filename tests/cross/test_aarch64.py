@@ -14,7 +14,6 @@ import os
 import signal
 import struct
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,8 +116,7 @@ def test_the_file_is_an_rpc_worker_for_an_x86_64_file(
 ) -> None:
     """Every file is also a worker: the arm64 one lends its (emulated) CPU to the
     x86-64 file over llama.cpp's RPC protocol on loopback."""
-    from llamapack.runtime.llama.rpc import Endpoint, RpcError, probe
-    from tests.support.processes import free_port, stop
+    from tests.support.processes import free_port, stop, wait_rpc_worker
 
     port = free_port()
     worker = subprocess.Popen(
@@ -126,14 +124,7 @@ def test_the_file_is_an_rpc_worker_for_an_x86_64_file(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + EMULATED
-        while True:
-            try:
-                probe(Endpoint("127.0.0.1", port), timeout=10)
-                break
-            except RpcError:
-                assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
-                time.sleep(0.5)
+        wait_rpc_worker(port, worker, timeout=EMULATED)
         host_file = build_file(gemma_gguf, tmp_path / "gemma-x86_64")
         env = {k: v for k, v in os.environ.items() if not k.startswith("QEMU_")}
         split = subprocess.run(

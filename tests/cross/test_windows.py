@@ -234,8 +234,7 @@ def test_the_file_is_an_rpc_worker_for_a_linux_file(
     """Every file is also a worker: the Windows one, under Wine, lends its CPU to the
     Linux file over llama.cpp's RPC protocol on loopback, with the same greedy text
     as the Linux file computing alone with the same kernels (see tests/e2e/test_rpc.py)."""
-    from llamapack.runtime.llama.rpc import Endpoint, RpcError, probe
-    from tests.support.processes import free_port
+    from tests.support.processes import free_port, wait_rpc_worker
 
     before = _extractions()
     port = free_port()
@@ -245,14 +244,7 @@ def test_the_file_is_an_rpc_worker_for_a_linux_file(
         env=windows.wine_env(),
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + UNDER_WINE
-        while True:
-            try:
-                probe(Endpoint("127.0.0.1", port), timeout=10)
-                break
-            except RpcError:
-                assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
-                time.sleep(0.5)
+        wait_rpc_worker(port, worker, timeout=UNDER_WINE)
         host_file = build_file(gemma_gguf, tmp_path / "gemma-linux")
         split = run_host(host_file, "--rpc", f"127.0.0.1:{port}", *PROMPT)
         assert split.returncode == 0, split.stderr[-3000:]

@@ -7,16 +7,14 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from llamapack.runtime.llama.rpc import Endpoint, RpcError, probe
 from tests.support.built_file import Server, get_json, run_file
-from tests.support.processes import free_port, stop
+from tests.support.processes import free_port, stop, wait_rpc_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -34,15 +32,7 @@ class Worker:
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, self.process.communicate()
-            try:
-                probe(Endpoint("127.0.0.1", self.port), timeout=5)
-                return
-            except RpcError:
-                assert time.monotonic() < deadline, "the RPC worker never answered"
-                time.sleep(0.1)
+        wait_rpc_worker(self.port, self.process, timeout)
 
     def kill(self) -> None:
         self.process.kill()  # the bootloader and, with it gone, its child
@@ -202,14 +192,8 @@ def test_a_worker_refuses_every_address_unless_allowed(gemma_file):
 def test_a_worker_off_loopback_warns_and_stops_on_sigterm(gemma_file):
     worker = Worker(gemma_file, "--host", "127.0.0.2")
     try:
-        deadline = time.monotonic() + 60
-        while True:  # 127.0.0.2 is this machine too, but not the default address
-            try:
-                probe(Endpoint("127.0.0.2", worker.port), timeout=5)
-                break
-            except RpcError:
-                assert time.monotonic() < deadline and worker.process.poll() is None
-                time.sleep(0.1)
+        # 127.0.0.2 is this machine too, but not the default address
+        wait_rpc_worker(worker.port, worker.process, host="127.0.0.2")
         worker.process.send_signal(signal.SIGTERM)
         _, err = worker.process.communicate(timeout=30)
         assert worker.process.returncode == 0, err

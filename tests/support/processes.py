@@ -46,6 +46,29 @@ def wait_healthy(
     raise ServerFailed(f"the server was not healthy within {timeout:.0f} s\n{explain()}")
 
 
+def wait_rpc_worker(
+    port: int,
+    process: subprocess.Popen[bytes] | subprocess.Popen[str],
+    timeout: float = 60,
+    host: str = "127.0.0.1",
+) -> None:
+    """Wait until an RPC worker on `port` answers llama.cpp's handshake; fails at
+    once when the process exits."""
+    from llamapack.runtime.llama.rpc import Endpoint, RpcError, probe
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise ServerFailed(f"the RPC worker exited with status {process.returncode}")
+        try:
+            probe(Endpoint(host, port), timeout=10)
+            return
+        except RpcError as exc:
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"the RPC worker did not answer within {timeout:.0f} s: {exc}") from None
+            time.sleep(0.1)
+
+
 def stop(process: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 30) -> None:
     """SIGTERM and wait; SIGKILL only when it does not end in time."""
     if process.poll() is None:

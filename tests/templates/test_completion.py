@@ -14,9 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.templates.test_page import Session, _serve
 
 META = re.compile(r"^\d+ tokens · [\d.]+ tokens/s")
@@ -32,14 +31,6 @@ def base_server(gemma_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture(scope="module")
 def chat_flag_server(gemma_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from _serve(gemma_gguf, tmp_path_factory, "--ui-mode", "chat", template=None)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -21,9 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.processes import free_port, stop, wait_healthy
 
 SETTINGS_KEY = "llamapack.settings.v1"
@@ -66,14 +65,6 @@ def _serve(
         yield base
     finally:
         stop(process, timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 class Session:
