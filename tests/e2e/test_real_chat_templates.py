@@ -176,6 +176,7 @@ def test_the_page_opens_in_chat_and_sends_what_the_template_renders(
                     page.locator("#prompt").fill("What is the capital of France?")
                     page.locator("#prompt").press("Enter")
                 body = sent.value.post_data_json
+                assert body is not None
             finally:
                 browser.close()
         status, answer = get_json(f"{server.url}/apply-template", {"messages": body["messages"]})
