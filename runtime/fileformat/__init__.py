@@ -7,8 +7,12 @@ A built file is at once the runtime executable and a ZIP archive::
     [model.gguf local header, padded] [GGUF bytes, 64 KiB aligned, STORED]
     [manifest.json local header + data] [.args local header + data]
     [the archive's pointer: a copy of its table of contents and a cookie that
-     reaches back to the archive in the stub (a whole archive copy when the
-     model puts the stub's archive 4 GiB or more behind)]
+     reaches back to the archive in the stub]
+
+With a model of about 4 GiB or more, which no 32-bit cookie reaches back over, an
+ELF stub is split instead: its image, the model and the other entries, then its
+archive and section headers (offsets moved); a Mach-O stub is followed by a whole
+copy of its archive (see `executables`).
     [ZIP central directory] [ZIP64 end records when needed] [end record]
 
 Why this order:

@@ -13,13 +13,19 @@ segments and PyInstaller's ad-hoc signature stay valid), appends the model, and
 ends with a *pointer*: a copy of the archive's table of contents (a few KiB) and
 a cookie whose length reaches back over the model to the stub's own archive.
 The scan stops in the last few KiB and the entries are read where the stub has
-them, so the runtime is in the file once. The cookie's fields are 32-bit: where
-the stub's archive lies 4 GiB or more before the end (a model of about 4 GiB or
-more), the pointer is instead a whole copy of the archive (a fraction of a
-percent of such a file). Either way a file cut short by an interrupted download
+them, so the runtime is in the file once. A file cut short by an interrupted download
 still starts (the bootloader then finds the stub's own cookie after a long scan)
 and says it is incomplete instead of failing inside the bootloader (see
 `layout.classify`).
+
+The cookie's fields are 32-bit, so no pointer reaches back over a model of about
+4 GiB or more. An ELF stub is then cut before its archive (`Stub.split`): the
+executable image stays in front of the model and the archive, its cookie and the
+section headers follow the model, their offsets in the ELF header and section
+headers moved to match (the archive is a section no segment loads, so the program
+is the same). PE files of that size keep the model beside the `.exe`; a Mach-O
+stub cannot move its archive without breaking its signature, so there the pointer
+is a whole copy of the archive (a fraction of a percent of such a file).
 """
 
 from __future__ import annotations
@@ -53,6 +59,19 @@ _PE_POINTER_AT = 0x3C
 _PE32_PLUS = 0x20B
 _IMPORT_DIRECTORY = 1  # IMAGE_DIRECTORY_ENTRY_IMPORT: the DLLs an image links
 _SECURITY_DIRECTORY = 4  # IMAGE_DIRECTORY_ENTRY_SECURITY: the Authenticode signature
+
+# ELF64: where the header keeps the program and section header tables, and the
+# fields of their entries this module reads (ELF64_Phdr, ELF64_Shdr).
+_ELF_PHOFF, _ELF_SHOFF, _ELF_PHENTSIZE, _ELF_PHNUM, _ELF_SHENTSIZE, _ELF_SHNUM = (
+    0x20,
+    0x28,
+    0x36,
+    0x38,
+    0x3A,
+    0x3C,
+)
+_PT_LOAD, _SHT_NOBITS = 1, 8
+REACH = 1 << 32  # a cookie's lengths are 32-bit
 
 
 class StubError(Exception):
@@ -173,9 +192,47 @@ class Stub:
         toc_at = self.archive_at + toc_offset
         toc = self.data[toc_at : toc_at + toc_length]
         reach = at + len(toc) + PYI_COOKIE.size - self.archive_at
-        if reach >= 1 << 32:
+        if reach >= REACH:
             return bytes(self.archive)
         return toc + PYI_COOKIE.pack(magic, reach, at - self.archive_at, toc_length, python, library)
+
+    def split(self, at: int) -> tuple[bytes, bytes] | None:
+        """An ELF stub cut before its archive, for a file whose model lies between the
+        two parts: the front (the executable image, with the section headers' offset
+        moved) and the back, to be written at `at` (the archive, its cookie, the
+        section names and headers, with their offsets moved). None where the stub is
+        not laid out so: not ELF, or a loaded segment or a section reaching into the
+        archive, or section headers before it."""
+        if self.kind != "elf":
+            return None
+        data, cut, shift = self.data, self.archive_at, at - self.archive_at
+        try:
+            phoff, shoff = struct.unpack_from("<QQ", data, _ELF_PHOFF)
+            phentsize, phnum = _u16(data, _ELF_PHENTSIZE), _u16(data, _ELF_PHNUM)
+            shentsize, shnum = _u16(data, _ELF_SHENTSIZE), _u16(data, _ELF_SHNUM)
+            for entry in range(phoff, phoff + phentsize * phnum, phentsize):
+                offset, size = (
+                    struct.unpack_from("<Q", data, entry + 8)[0],
+                    struct.unpack_from("<Q", data, entry + 32)[0],
+                )
+                if _u32(data, entry) == _PT_LOAD and offset + size > cut:
+                    return None
+            if shoff < cut:
+                return None
+            back = bytearray(data[cut:])
+            for entry in range(shoff, shoff + shentsize * shnum, shentsize):
+                kind = _u32(data, entry + 4)
+                offset, size = struct.unpack_from("<QQ", data, entry + 24)
+                if kind == _SHT_NOBITS or offset + size <= cut:
+                    continue  # takes no room in the file, or stays in front
+                if offset < cut:
+                    return None  # a section across the cut
+                struct.pack_into("<Q", back, entry - cut + 24, offset + shift)
+        except struct.error:
+            return None
+        front = bytearray(data[:cut])
+        struct.pack_into("<Q", front, _ELF_SHOFF, shoff + shift)
+        return bytes(front), bytes(back)
 
 
 def macho_code_signature_at(data: bytes) -> int | None:

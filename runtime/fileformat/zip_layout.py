@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from llamapack.runtime.fileformat.executables import Stub
+from llamapack.runtime.fileformat.executables import REACH, Stub
 from llamapack.runtime.fileformat.magic import (
     ZIP64_END_SIG,
     ZIP64_LOCATOR_SIG,
@@ -100,7 +100,10 @@ class Plan:
       manifest holds the model's hash) never moves the model;
     * the pointer to PyInstaller's archive (executables.Stub.pointer: its table
       of contents and a cookie), so the bootloader's backward scan for the cookie
-      stops a few KiB from the end and reads the archive inside the stub;
+      stops a few KiB from the end and reads the archive inside the stub; or, for
+      an ELF stub ahead of a model the pointer cannot reach over (about 4 GiB), the
+      stub's own archive and section headers, moved there (Stub.split) while its
+      image stays first;
     * the ZIP central directory and end records, which ZIP readers start from;
       they follow absolute offsets, so the stub and the pointer are invisible
       to them.
@@ -117,18 +120,30 @@ class Plan:
         return self.args.end
 
     @functools.cached_property
+    def split(self) -> tuple[bytes, bytes] | None:
+        if self.model is None or not moves_archive(self.stub, self.model.size):
+            return None
+        return self.stub.split(self.archive_at)
+
+    @property
+    def front(self) -> bytes:
+        """What comes before the model: the stub, or its image alone."""
+        return self.split[0] if self.split else self.stub.data
+
+    @functools.cached_property
     def pointer(self) -> bytes:
-        return self.stub.pointer(self.archive_at)
+        return self.split[1] if self.split else self.stub.pointer(self.archive_at)
 
     @property
     def central_directory_at(self) -> int:
         return self.archive_at + len(self.pointer)
 
     def write_head(self, target: BinaryIO) -> None:
-        """Everything before the model's bytes: the stub, then the model's local header."""
-        target.write(self.stub.data)
+        """Everything before the model's bytes: the stub (or its image), then the
+        model's local header."""
+        target.write(self.front)
         if self.model is not None:
-            target.write(bytes(self.model.header_at - len(self.stub.data)))
+            target.write(bytes(self.model.header_at - len(self.front)))
             target.write(self.model.local_header())
 
     def write_tail(
@@ -154,9 +169,21 @@ class Plan:
             target.write(self.model.local_header())
 
 
+# More than manifest.json, .args, the archive's table of contents and the ZIP records
+# take between the model and the pointer's end.
+_SMALL_PARTS = 1 << 20
+
+
+def moves_archive(stub: Stub, model_size: int) -> bool:
+    """Whether the model goes between the stub's image and its archive: where no
+    pointer could reach back over it, and the stub can be split (an ELF)."""
+    far = len(stub.data) + MODEL_ALIGNMENT + model_size + _SMALL_PARTS - stub.archive_at >= REACH
+    return far and stub.split(len(stub.data)) is not None
+
+
 def place_model(stub: Stub, model_name: str, model_size: int) -> Member:
     """The model's ZIP member, placed so its data starts 64 KiB aligned."""
-    start = len(stub.data)
+    start = stub.archive_at if moves_archive(stub, model_size) else len(stub.data)
     name_len = len(model_name.encode())
     zip64_extra = 20 if model_size >= _MAX32 else 0
     data_at = _align_up(start + LOCAL_HEADER.size + name_len + zip64_extra + 6, MODEL_ALIGNMENT)

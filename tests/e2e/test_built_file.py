@@ -12,7 +12,7 @@ import pytest
 
 from llamapack.builder.gguf_header import read_header
 from llamapack.runtime import fileformat as ff
-from tests.support.built_file import Server, get_json, run_file
+from tests.support.built_file import Server, build_file, get_json, run_file
 
 pytestmark = pytest.mark.e2e
 
@@ -175,3 +175,32 @@ def test_a_model_that_does_not_match_its_manifest_is_refused(gemma_file, tmp_pat
     result = run_file(damaged, "-p", "Hello", "-n", "2")
     assert result.returncode == 1 and "download or copy the file again" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_over_4_gib_runs_with_the_stub_split_around_it(
+    gemma_file, gemma_gguf, runtime_stub, tmp_path
+):
+    """No 32-bit cookie reaches back over 4 GiB: the model goes between the stub's
+    image and its archive (runtime/fileformat/executables.py Stub.split). The model is
+    Gemma with a sparse tail past its weights (llama.cpp reads only up to them)."""
+    import shutil
+
+    from PyInstaller.archive.readers import CArchiveReader
+
+    big = tmp_path / "big.gguf"
+    shutil.copyfile(gemma_gguf, big)
+    size = (4 << 30) + (16 << 20)
+    with big.open("r+b") as file:
+        file.truncate(size)
+    try:
+        out = build_file(big, tmp_path / "big-model", "--runtime", str(runtime_stub))
+    finally:
+        big.unlink()  # the disk holds one copy at a time
+    assert out.stat().st_size - size <= runtime_stub.stat().st_size + (1 << 20)  # the runtime once
+    assert CArchiveReader(str(out)).toc == CArchiveReader(str(runtime_stub)).toc
+    readelf = subprocess.run(["readelf", "-S", "-W", str(out)], capture_output=True, text=True)
+    assert readelf.returncode == 0 and "pydata" in readelf.stdout and "Warning" not in readelf.stderr
+    prompt = ("-p", "The capital of France is", "-n", "8", "--temp", "0", "-t", "2")
+    run = run_file(out, *prompt, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout == run_file(gemma_file, *prompt).stdout

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import mmap
+import struct
 import subprocess
 import zipfile
-import zlib
 from importlib import metadata
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_the_stub_is_kept_byte_for_byte(tiny_gguf, fake_stub, tmp_path):
     assert read_sections(out) == read_sections(stub)
 
 
-def bootloader_view(data: bytes) -> tuple[int, bytes]:
+def bootloader_view(data: bytes | mmap.mmap) -> tuple[int, bytes]:
     """What PyInstaller's bootloader reads: the last cookie gives the archive's start
     and its table of contents (entries are addressed from that start)."""
     cookie_at = data.rfind(COOKIE_MAGIC)
@@ -166,8 +167,12 @@ def test_signed_pe_stub_is_refused(tiny_gguf, tmp_path):
 
 
 def test_zip64_when_the_model_passes_4_gib(tmp_path):
-    """Write the layout of a 5 GiB model sparsely and read it back with zipfile."""
-    stub = ff.read_stub(elf_stub())
+    """A 5 GiB model, written sparsely by the Plan itself, read back with zipfile. No
+    pointer reaches back over 5 GiB, so the ELF stub is split around the model: its
+    image first, its archive and section headers past the model, every offset in the
+    ELF header and section headers moved to match; the bootloader's scan from the
+    end finds the archive there, and its runtime is still in the file once."""
+    stub = ff.read_stub(elf_stub(toc=b"TOC-entries" * 30))
     size = 5 * 1024**3
     model = ff.place_model(stub, "big.gguf", size)
     manifest = ff.Manifest(
@@ -180,22 +185,53 @@ def test_zip64_when_the_model_passes_4_gib(tmp_path):
     args = ff.encode_args(["..."])
     plan = ff.plan_file(stub, model, len(manifest), len(args))
     path = tmp_path / "big"
-    with path.open("wb") as out:
-        out.write(stub.data)
-        out.seek(model.header_at)
-        out.write(model.local_header())
+    with path.open("w+b") as out:
+        plan.write_head(out)
         out.write(b"GGUF")
         out.seek(plan.manifest.header_at)
-        for member, data in ((plan.manifest, manifest), (plan.args, args)):
-            member.crc = zlib.crc32(data)
-            out.write(member.local_header() + data)
-        out.write(bytes(stub.archive) + ff.central_directory(plan))
+        plan.write_tail(out, manifest, args, model_crc=0)
     with zipfile.ZipFile(path) as archive:
         assert archive.getinfo("big.gguf").file_size == size
         assert archive.getinfo(".args").header_offset > 2**32
         assert archive.read(".args") == b"...\n"
     layout = ff.read_layout(path)
     assert layout.model_size == size and layout.model_offset == model.data_at
+    assert path.stat().st_size - size < len(stub.data) + ff.MODEL_ALIGNMENT + 4096  # no second runtime
+    before = read_sections(stub.data)
+    with path.open("rb") as raw, mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        image = slice(0x30, stub.archive_at)  # all but e_shoff (0x28), which moved
+        assert data[:0x28] == stub.data[:0x28] and data[image] == stub.data[image]
+        after = sections_of(data)
+        assert after[".text"] == before[".text"]
+        pydata_at, pydata_size = after["pydata"]
+        assert pydata_at > model.end and pydata_size == before["pydata"][1]
+        assert data[pydata_at : pydata_at + pydata_size] == stub.data[before["pydata"][0] :][:pydata_size]
+        archive_at, toc = bootloader_view(data)
+        assert archive_at == pydata_at and toc == b"TOC-entries" * 30
+        assert len(data) - data.rfind(COOKIE_MAGIC) < 4096
+
+
+def sections_of(data: mmap.mmap) -> dict[str, tuple[int, int]]:
+    """read_sections for a file too big to read: the header and tables in place."""
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    entries = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    strtab_at = entries[shstrndx][4]
+    return {
+        data[strtab_at + name : data.find(b"\0", strtab_at + name)].decode(): (offset, size)
+        for name, _, _, _, offset, size in entries
+    }
+
+
+def test_a_stub_that_cannot_be_split_keeps_a_whole_archive_copy():
+    """A Mach-O (its signature covers the archive) or an ELF whose segments reach
+    into the archive: past 4 GiB, a whole copy of the archive follows the model."""
+    stub = ff.read_stub(macho_stub())
+    assert stub.split(len(stub.data) + 100) is None
+    model = ff.place_model(stub, "big.gguf", 5 * 1024**3)
+    assert model.header_at >= len(stub.data)
+    plan = ff.plan_file(stub, model, 100, 4)
+    assert plan.front == stub.data and plan.pointer == bytes(stub.archive)
 
 
 def test_truncated_file_is_reported(tiny_gguf, fake_stub, tmp_path):
