@@ -54,8 +54,9 @@ COMMANDS = ("help", "clear", "system", "save", "load", "exit")
 ROLES = ("system", "user", "assistant")
 # A Ctrl-C reaches this process twice when it runs under PyInstaller's onefile
 # bootloader: once from the terminal and once forwarded by the bootloader, which
-# the terminal signalled too. Both within this window are one keypress.
-SAME_KEYPRESS_S = 0.2
+# the terminal signalled too. Both within this window are one keypress: the
+# forwarded copy comes late when the engine's threads keep the cores busy.
+SAME_KEYPRESS_S = 1.0
 
 
 class ChatFileError(Exception):
@@ -436,5 +437,11 @@ class _one_interrupt_per_keypress:
             self.previous = None
 
     def __exit__(self, *_exc: object) -> None:
-        if self.previous is not None:
+        if self.previous is None:
+            return
+        if self.window:
+            # The chat is over and the process ends: a forwarded copy of the last
+            # Ctrl-C arriving now must not turn a clean exit into status 130.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
             signal.signal(signal.SIGINT, self.previous)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ chat's shape (a reply, the speed line, the prompt back, saved files), not words.
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import json
 import os
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.e2e
 PROMPT = re.compile(r"(^|\n)> $")  # the chat waits for a line
 SPEED = re.compile(r"\[(\d+) tokens, [\d.]+ tok/s[^\]]*\]")
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]")  # colours, readline's bracketed paste
+UNFINISHED = re.compile(r"(\r|\x1b(\[[0-9;?]*)?)$")  # may become \r\n or an escape with the next read
 
 
 class Terminal:
@@ -40,6 +42,11 @@ class Terminal:
         os.close(slave)
         self.seen = ""  # everything so far, without escapes and with \r\n as \n
         self.position = 0  # where the next expect() starts looking
+        # What the next read may complete: a \r before its \n, an escape sequence, a
+        # UTF-8 character cut between reads. `seen` only ever grows at its end, so a
+        # position in it stays where it was.
+        self._pending = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def _read(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.master], [], [], timeout)
@@ -48,9 +55,12 @@ class Terminal:
         try:
             chunk = os.read(self.master, 65536)
         except OSError:  # EIO: the program has closed the terminal
-            return False
-        self.seen += chunk.decode("utf-8", "replace")
-        self.seen = ESCAPES.sub("", self.seen.replace("\r\n", "\n"))
+            chunk = b""
+        text = self._pending + self._decoder.decode(chunk, final=not chunk)
+        unfinished = UNFINISHED.search(text) if chunk else None
+        cut = unfinished.start() if unfinished else len(text)
+        self._pending = text[cut:]
+        self.seen += ESCAPES.sub("", text[:cut].replace("\r\n", "\n"))
         return bool(chunk)
 
     def expect(self, pattern: re.Pattern[str] | str, timeout: float = 60) -> re.Match[str]:
@@ -126,6 +136,9 @@ def test_chat_in_a_terminal_replies_saves_and_exits(gemma_file: Path, tmp_path: 
     chat.expect(PROMPT)
 
     chat.send("half a line, then Ctrl-C")
+    # As a person would: Ctrl-C once the line shows (typed ahead of readline, the text
+    # would be flushed with the signal, unseen).
+    chat.expect("half a line, then Ctrl-C")
     chat.send("\x03")  # clears the line: nothing is sent
     chat.expect(PROMPT)
     chat.line("/nonsense")
