@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp.llama_cpp as llama
 
@@ -19,6 +19,9 @@ from llamapack.runtime.llama.cpu import cpu_backend
 from llamapack.runtime.llama.devices import EngineReport, engine_report
 from llamapack.runtime.llama.model import Model, ModelLoadError, ModelSource, init_backend
 from llamapack.runtime.server.requests import BadRequest, Generation
+
+if TYPE_CHECKING:
+    from llamapack.runtime.llama.rpc import Endpoint
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class BackendOptions:
     embedding: bool = False  # also serve /v1/embeddings (a second, small context)
     n_predict: int = -1  # tokens a request that sets no limit generates, as llama-server's -n; -1: no limit
     max_tokens_cap: int | None = None  # most tokens any request may generate, whatever it asks
-    rpc: tuple[str, ...] = ()  # RPC workers ("host:port") that get the offloaded layers
+    rpc: tuple[Endpoint, ...] = ()  # RPC workers that get the offloaded layers
     tensor_split: tuple[float, ...] = ()  # each offload device's share; () splits by free memory
 
 
@@ -202,12 +205,11 @@ class Backend:
             request.cancel()
 
 
-def _add_rpc_workers(endpoints: Sequence[str]) -> None:
+def _add_rpc_workers(endpoints: Sequence[Endpoint]) -> None:
     from llamapack.runtime.llama import rpc
 
     try:
-        rpc.install_abort_hook()
-        rpc.add_workers([endpoint for value in endpoints for endpoint in rpc.parse_endpoints(value)])
+        rpc.add_workers(endpoints)
     except rpc.RpcError as exc:
         raise ModelLoadError(str(exc)) from None
 

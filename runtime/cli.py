@@ -419,7 +419,6 @@ def _rpc_devices_text(endpoints: list[Endpoint]) -> str:
 
     init_backend()
     try:
-        rpc.install_abort_hook()
         names = set(rpc.add_workers(endpoints))
     except rpc.RpcError as exc:
         raise CliError(str(exc)) from None
@@ -525,7 +524,7 @@ def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Backend
         template_kwargs=_template_kwargs(args.chat_template_kwargs, args.reasoning),
         threads=args.threads or physical_cores(),
         n_gpu_layers=_gpu_layers(args),
-        rpc=tuple(str(endpoint) for endpoint in _rpc_endpoints(args)),
+        rpc=tuple(_rpc_endpoints(args)),
         tensor_split=_tensor_split(args),
         verbose=args.verbose,
         max_queue=args.max_queue,

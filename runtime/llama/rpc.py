@@ -166,7 +166,9 @@ def _function(name: str, prototype: type) -> Callable[..., object]:
 
 
 def add_workers(endpoints: Sequence[Endpoint]) -> list[str]:
-    """Register each worker (checked first with `probe`); their device names."""
+    """Register each worker (checked first with `probe`); their device names. From
+    here on a lost worker is reported, not an abort (`install_abort_hook`)."""
+    install_abort_hook()
     for endpoint in endpoints:
         probe(endpoint)
     add_server = _function("ggml_backend_rpc_add_server", _AddServer)
