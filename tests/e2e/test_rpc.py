@@ -35,9 +35,11 @@ class Worker:
         wait_rpc_worker(self.port, self.process, timeout)
 
     def kill(self) -> None:
-        self.process.kill()  # the bootloader and, with it gone, its child
+        """A machine gone at once: the worker's Python (the bootloader's child, read
+        before the bootloader dies and it is re-parented), then the bootloader."""
         for pid in _children(self.process.pid):
             os.kill(pid, signal.SIGKILL)
+        self.process.kill()
         self.process.wait(30)
 
 
