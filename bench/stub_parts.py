@@ -18,6 +18,7 @@ from PyInstaller.archive.readers import CArchiveReader
 
 # (part, pattern on the archive entry's name), first match wins.
 PARTS = [
+    ("llama.cpp Vulkan backend (xz-compressed inside the archive)", r"llama_cpp/gpu/"),
     ("llama.cpp CPU variants (one per instruction set)", r"ggml-cpu"),
     ("llama.cpp (libllama, ggml)", r"llama_cpp/lib/|llama\.dll|ggml"),
     ("Python interpreter", r"libpython|python3\d*\.dll|^Python$"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -25,6 +26,7 @@ import filelock
 import platformdirs
 
 from llamapack.runtime import __version__
+from llamapack.runtime.llama.gpu import PACKED_DIR, PACKED_INDEX
 
 from .errors import RuntimeStubError
 
@@ -67,10 +69,12 @@ def _package_dir(package: str) -> Path:
 
 
 def _sources_digest() -> str:
-    """Hash of the runtime and UI sources, of this recipe and of the llama.cpp
-    libraries the stub collects (a portable and a CPU-dispatch build of the same
-    llama-cpp-python version differ): any change gets a new stub."""
-    return sources_digest([], _host_libraries())
+    """Hash of the runtime and UI sources, of this recipe (and the GPU backends'),
+    and of the llama.cpp libraries the stub collects (a portable and a CPU-dispatch
+    build of the same llama-cpp-python version differ): any change gets a new stub."""
+    from . import gpu
+
+    return sources_digest([Path(gpu.__file__)], _host_libraries())
 
 
 def sources_digest(recipe: Sequence[Path], libraries: Sequence[Path] = ()) -> str:
@@ -149,9 +153,13 @@ def build_stub(destination: Path, log: object = None) -> Path:
     """Run PyInstaller; the result is moved into place only when complete."""
     import llama_cpp
 
+    from . import gpu
+
     llama_cpp_dir = Path(llama_cpp.__file__).parent
+    backends = gpu.host_backends(log if callable(log) else _quiet)
     with stub_workspace(destination) as work_dir:
         staging = stage_sources(work_dir / "src", llama_cpp_dir, llama_cpp_version())
+        stage_gpu_backends(staging / "llama_cpp" / PACKED_DIR, backends)
         arguments = pyinstaller_arguments(
             work_dir, staging, _host_libraries(), strip=sys.platform.startswith("linux")
         )
@@ -196,6 +204,10 @@ def pyinstaller_arguments(
         "--specpath", native(work_dir),
         "--paths", native(staging),
         "--add-data", f"{native(staging / 'llamapack' / 'templates')}{pathsep}llamapack/templates",
+        *(
+            ["--add-data", f"{native(staging / 'llama_cpp' / PACKED_DIR)}{pathsep}llama_cpp/{PACKED_DIR}"]
+            if (staging / "llama_cpp" / PACKED_DIR).is_dir() else []
+        ),
         "--hidden-import", "llamapack.runtime.cli",
         "--collect-submodules", "llamapack.runtime",
         *[arg for name in _EXCLUDES for arg in ("--exclude-module", name)],
@@ -245,6 +257,25 @@ def stage_sources(root: Path, llama_cpp_dir: Path, llama_cpp_python: str) -> Pat
     shutil.copytree(_package_dir("llamapack.templates"), package / "templates", ignore=ignore)
     _stage_llama_cpp(llama_cpp_dir, root / "llama_cpp", llama_cpp_python)
     return root
+
+
+def stage_gpu_backends(target: Path, folders: Sequence[Path]) -> None:
+    """The packed GPU backends (builder/gpu.py) as llama_cpp/gpu/ of the stub: each
+    library's .xz and one index of them all (runtime/llama/gpu.py reads it)."""
+    if not folders:
+        return
+    target.mkdir(parents=True)
+    index: dict[str, object] = {}
+    for folder in folders:
+        entries = json.loads((folder / PACKED_INDEX).read_text())
+        for name, entry in entries.items():
+            shutil.copy2(folder / (entry["library"] + ".xz"), target)
+            index[name] = entry
+    (target / PACKED_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def _stage_llama_cpp(source: Path, target: Path, llama_cpp_python: str) -> None:

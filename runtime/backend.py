@@ -10,13 +10,16 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp.llama_cpp as llama
 
 from llamapack.runtime import defaults
+from llamapack.runtime.engine.context import ContextError
 from llamapack.runtime.engine.embeddings import Embedder
 from llamapack.runtime.engine.events import Event, Request
 from llamapack.runtime.engine.loop import Engine
 from llamapack.runtime.fileformat import ChatTemplateChoice
+from llamapack.runtime.fileformat.gguf import GGUFError
+from llamapack.runtime.llama import gpu
 from llamapack.runtime.llama.chat_template import ChatFormatter, ChatTemplateError
 from llamapack.runtime.llama.cpu import cpu_backend
-from llamapack.runtime.llama.devices import EngineReport, engine_report
+from llamapack.runtime.llama.devices import OFFLOAD_TYPES, EngineReport, engine_report
 from llamapack.runtime.llama.model import Model, ModelLoadError, ModelSource, init_backend
 from llamapack.runtime.server.requests import BadRequest, Generation
 
@@ -35,7 +38,8 @@ class BackendOptions:
     jinja: bool = True  # False: llama.cpp's built-in template nearest the Jinja one (--no-jinja)
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # --chat-template-kwargs
     threads: int | None = None
-    n_gpu_layers: int = 0
+    n_gpu_layers: int | None = None  # None: as many as fit on the GPU (runtime/llama/offload.py)
+    gpu: str = "auto"  # one of runtime/llama/gpu.CHOICES
     verbose: bool = False
     max_queue: int = 64
     embedding: bool = False  # also serve /v1/embeddings (a second, small context)
@@ -51,6 +55,7 @@ class ChatPrompt:
     tokens: list[int]
 
 
+ALL_LAYERS = 999  # -ngl with --rpc when not given: every layer goes to the workers
 EMBEDDING_CTX = 2048
 # An embeddings context outputs every token, and llama.cpp keeps a row of
 # logits (the whole vocabulary) for each: bound that buffer, not just the count.
@@ -65,13 +70,51 @@ def _embedding_ctx(model: Model, n_ctx: int) -> int:
 class Backend:
     def __init__(self, options: BackendOptions):
         init_backend(options.verbose)
+        self.gpu = _choose_gpu(options)
         if options.rpc:
             _add_rpc_workers(options.rpc)
         self.n_predict = options.n_predict
         self.max_tokens_cap = options.max_tokens_cap
-        self.model = Model(
-            options.source, n_gpu_layers=options.n_gpu_layers, tensor_split=options.tensor_split
-        )
+        warnings: list[str] = []
+        n_gpu_layers = _gpu_layers(options, self.gpu, warnings)
+        try:
+            self._load(options, n_gpu_layers)
+        except (ModelLoadError, ContextError) as exc:
+            if n_gpu_layers == 0 or self.gpu.backend is None or options.rpc:
+                raise
+            # A driver that runs out of memory or fails mid-load: the CPU still serves.
+            warnings.append(
+                f"the {gpu.NAMES[self.gpu.backend]} GPU could not take {n_gpu_layers} layers ({exc}); "
+                "running on the CPU"
+            )
+            n_gpu_layers = 0
+            self._load(options, n_gpu_layers)
+        try:
+            # Read once the model is loaded: every backend is registered by then.
+            self.engine_report: EngineReport = engine_report(
+                cpu_backend(),
+                threads=self.engine.n_threads,
+                gpu_layers_requested=n_gpu_layers,
+                model_layers=llama.llama_model_n_layer(self.model.pointer),
+                layers_by_device=self.model.layers_by_device,
+                gpu=self.gpu,
+                warnings=warnings,
+            )
+            if options.rpc:
+                from llamapack.runtime.llama import rpc
+
+                engine = self.engine
+                rpc.on_worker_lost(
+                    lambda reason: engine.fail(f"{reason}; restart to serve again", stuck=True)
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, options: BackendOptions, n_gpu_layers: int) -> None:
+        """The model, its context(s) and chat formatter, with `n_gpu_layers` on the GPU."""
+        self.model = Model(options.source, n_gpu_layers=n_gpu_layers, tensor_split=options.tensor_split)
+        self.embedder: Embedder | None = None
         try:
             choice = options.chat_template
             if choice.source == "gguf" and not self.model.chat_template():
@@ -79,7 +122,7 @@ class Backend:
             self.formatter = ChatFormatter(
                 self.model, choice, jinja=options.jinja, template_kwargs=options.template_kwargs
             )
-            n_ctx = options.ctx_size or min(self.model.n_ctx_train or defaults.CONTEXT, defaults.CONTEXT)
+            n_ctx = _context_size(options, self.model.n_ctx_train)
             self.engine = Engine(
                 self.model,
                 n_ctx=n_ctx,
@@ -89,25 +132,9 @@ class Backend:
                 kv_unified=options.kv_unified,
                 n_batch=options.n_batch,
             )
-            self.embedder: Embedder | None = None
             if options.embedding:
                 self.embedder = Embedder(
                     self.model, _embedding_ctx(self.model, n_ctx), n_threads=options.threads
-                )
-            # Read once the model is loaded: every backend is registered by then.
-            self.engine_report: EngineReport = engine_report(
-                cpu_backend(),
-                threads=self.engine.n_threads,
-                gpu_layers_requested=options.n_gpu_layers,
-                model_layers=llama.llama_model_n_layer(self.model.pointer),
-                layers_by_device=self.model.layers_by_device,
-            )
-            if options.rpc:
-                from llamapack.runtime.llama import rpc
-
-                engine = self.engine
-                rpc.on_worker_lost(
-                    lambda reason: engine.fail(f"{reason}; restart to serve again", stuck=True)
                 )
         except BaseException:
             self.model.close()
@@ -203,6 +230,47 @@ class Backend:
                     return event
         finally:
             request.cancel()
+
+
+def _context_size(options: BackendOptions, n_ctx_train: int) -> int:
+    return options.ctx_size or min(n_ctx_train or defaults.CONTEXT, defaults.CONTEXT)
+
+
+def _choose_gpu(options: BackendOptions) -> gpu.GpuChoice:
+    """Load the GPU backend --gpu asks for; -ngl 0 alone keeps every GPU out (ggml
+    would otherwise still send big prompt batches to one)."""
+    if options.n_gpu_layers == 0 and options.gpu == "auto":
+        return gpu.GpuChoice("auto", reason="-ngl 0")
+    try:
+        return gpu.choose(options.gpu, gpu.probe)
+    except gpu.GpuError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+
+def _gpu_layers(options: BackendOptions, choice: gpu.GpuChoice, warnings: list[str]) -> int:
+    """-ngl as given; else every layer for --rpc workers, or as many as fit on the GPU."""
+    if options.n_gpu_layers is not None:
+        return options.n_gpu_layers
+    if options.rpc:
+        return ALL_LAYERS
+    if choice.backend is None:
+        return 0
+    from llamapack.runtime.llama import offload
+    from llamapack.runtime.llama.devices import devices
+
+    free = [device.memory_free for device in devices() if device.type in OFFLOAD_TYPES]
+    try:
+        shape = offload.read_shape(options.source.path, options.source.offset)
+    except (OSError, GGUFError) as exc:
+        warnings.append(f"cannot size the model's layers ({exc}); none go to the GPU")
+        return 0
+    layers = offload.fit_layers(shape, free, _context_size(options, shape.n_ctx_train))
+    if layers == 0:
+        warnings.append(
+            f"no layer fits in the GPU's free memory ({sum(free) >> 20} MiB); the CPU runs the model "
+            "(-ngl N to try anyway)"
+        )
+    return layers
 
 
 def _add_rpc_workers(endpoints: Sequence[Endpoint]) -> None:

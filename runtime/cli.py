@@ -27,6 +27,7 @@ from llamapack.runtime.fileformat import (
     merge_args,
     read_layout,
 )
+from llamapack.runtime.llama.gpu import CHOICES as GPU_CHOICES
 
 if TYPE_CHECKING:  # loaded only when a model is: --help and --version stay fast
     import asyncio
@@ -40,7 +41,6 @@ if TYPE_CHECKING:  # loaded only when a model is: --help and --version stay fast
 DEFAULT_PARALLEL = 4
 DEFAULT_PORT = 8080
 DEFAULT_RPC_PORT = 50052  # llama.cpp's rpc-server default
-ALL_LAYERS = 999  # -ngl with --rpc when not given: every layer goes to the workers
 PROG = Path(sys.argv[0]).name if getattr(sys, "frozen", False) else "llamapack-runtime"
 
 
@@ -192,7 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     model.add_argument(
         "-ngl", "--n-gpu-layers", "--gpu-layers", type=int, metavar="N",
-        help="layers to offload to a GPU or to --rpc workers (default: 0; all with --rpc)",
+        help="layers to offload to the GPU or to --rpc workers (default: as many as fit in the GPU's "
+        "free memory; all with --rpc); 0 keeps the model on the CPU",
+    )  # fmt: skip
+    model.add_argument(
+        "--gpu", choices=GPU_CHOICES, default="auto",
+        help="GPU backend: auto takes the first of CUDA, Metal, Vulkan that finds a GPU, else the CPU; "
+        "a name insists on that one; none never loads one (default: %(default)s)",
     )  # fmt: skip
     model.add_argument(
         "--chat-template", metavar="NAME|JINJA",
@@ -289,6 +295,7 @@ def _main(user_args: list[str]) -> int:
     args = build_parser().parse_args(merge_args(built_in, user_args))
     if args.version:
         print(version_text(layout))
+        print(gpu_text(args.gpu))
         if args.rpc:
             print(_rpc_devices_text(_rpc_endpoints(args)))
         return 0
@@ -380,12 +387,6 @@ def version_text(layout: Layout | None) -> str:
     return "\n".join(lines)
 
 
-def _gpu_layers(args: argparse.Namespace) -> int:
-    if args.n_gpu_layers is not None:
-        return int(args.n_gpu_layers)
-    return ALL_LAYERS if args.rpc else 0
-
-
 def _rpc_endpoints(args: argparse.Namespace) -> list[Endpoint]:
     from llamapack.runtime.llama.rpc import RpcError, parse_endpoints
 
@@ -409,6 +410,26 @@ def _tensor_split(args: argparse.Namespace) -> tuple[float, ...]:
     if any(share < 0 for share in shares) or not any(shares):
         raise CliError("--tensor-split: shares must be 0 or more, and not all 0")
     return shares
+
+
+def gpu_text(requested: str) -> str:
+    """--version's GPU lines: each GPU the backend --gpu picks would use, or why none."""
+    from llamapack.runtime.llama import gpu
+    from llamapack.runtime.llama.devices import OFFLOAD_TYPES, devices
+    from llamapack.runtime.llama.model import init_backend
+
+    init_backend()
+    try:
+        choice = gpu.choose(requested, gpu.probe)
+    except gpu.GpuError as exc:
+        return f"GPU: none ({exc})"
+    found = [device for device in devices() if device.type in OFFLOAD_TYPES]
+    if choice.backend is None or not found:
+        return f"GPU: none ({choice.reason or 'no device'})"
+    return "\n".join(
+        f"GPU: {device.name} ({device.description}, {device.memory()}), {gpu.NAMES[choice.backend]}"
+        for device in found
+    )
 
 
 def _rpc_devices_text(endpoints: list[Endpoint]) -> str:
@@ -523,7 +544,8 @@ def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Backend
         n_batch=args.batch_size,
         template_kwargs=_template_kwargs(args.chat_template_kwargs, args.reasoning),
         threads=args.threads or physical_cores(),
-        n_gpu_layers=_gpu_layers(args),
+        n_gpu_layers=args.n_gpu_layers,
+        gpu=args.gpu,
         rpc=tuple(_rpc_endpoints(args)),
         tensor_split=_tensor_split(args),
         verbose=args.verbose,

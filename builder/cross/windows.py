@@ -38,12 +38,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO
 
+from llamapack.runtime.llama.gpu import PACKED_DIR
+
 from ..errors import RuntimeStubError
 from ..stub import (
     cache_dir,
     llama_cpp_version,
     pyinstaller_arguments,
     run_pyinstaller,
+    stage_gpu_backends,
     stage_sources,
     stub_workspace,
 )
@@ -85,7 +88,7 @@ typedef struct _THREAD_POWER_THROTTLING_STATE {
 """
 # DLLs of mingw's runtime that no Windows has: everything links them statically.
 _MINGW_RUNTIME = (b"libgcc_s_seh-1.dll", b"libstdc++-6.dll", b"libwinpthread-1.dll")
-_TOOLCHAIN = """\
+TOOLCHAIN = """\
 set(CMAKE_SYSTEM_NAME Windows)
 set(CMAKE_SYSTEM_PROCESSOR x86_64)
 set(CMAKE_C_COMPILER x86_64-w64-mingw32-gcc-posix)
@@ -109,10 +112,14 @@ def build_stub(destination: Path, log: Log | None = None) -> Path:
     downloads = _downloads(say)
     libraries = _engine(downloads, say)
     python = _python(downloads, say)
+    from .. import gpu
+
+    backends = [gpu.ensure_vulkan(say, "windows-x86_64")]
     say("Running PyInstaller under Wine...")
     started = time.perf_counter()
     with stub_workspace(destination) as work_dir:
         staging = stage_sources(work_dir / "src", _sdist_tree(downloads) / "llama_cpp", llama_cpp_version())
+        stage_gpu_backends(staging / "llama_cpp" / PACKED_DIR, backends)
         arguments = pyinstaller_arguments(work_dir, staging, libraries, native=windows_path, pathsep=";")
         run_pyinstaller(["wine", windows_path(python)], arguments, work_dir, destination, env=wine_env())
     say(f"  PyInstaller: {time.perf_counter() - started:.0f} s")
@@ -226,7 +233,7 @@ def _compile_engine(downloads: Path, folder: Path, say: Log) -> None:
         shutil.copytree(_sdist_tree(downloads) / "vendor" / "llama.cpp", source, symlinks=True)
         _keep_variants(source / "ggml" / "src" / "CMakeLists.txt")
         (work / "compat.h").write_text(_COMPAT_HEADER)
-        (work / "toolchain.cmake").write_text(_TOOLCHAIN)
+        (work / "toolchain.cmake").write_text(TOOLCHAIN)
         force_include = f"-include {work / 'compat.h'}"
         link = "-static -Wl,--exclude-libs,ALL"
         build = work / "build"

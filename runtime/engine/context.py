@@ -16,6 +16,10 @@ from llamapack.runtime.engine.sampling import Logits, logits_view
 from llamapack.runtime.llama.model import Model
 
 
+class ContextError(RuntimeError):
+    """llama.cpp could not create a context (its memory could not be allocated)."""
+
+
 class Context:
     """One context shared by `n_parallel` sequences; implements `slots.KvMemory`."""
 
@@ -46,7 +50,7 @@ class Context:
             params.n_threads_batch = n_threads
         self.pointer: Any = llama.llama_init_from_model(model.pointer, params)
         if not self.pointer:
-            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+            raise ContextError("llama.cpp could not create a context (out of memory?)")
         self.n_ctx = int(llama.llama_n_ctx(self.pointer))
         self.n_ctx_slot = int(llama.llama_n_ctx_seq(self.pointer))  # what one sequence may use
         # llama.cpp may cap the batch below what was asked (at the requested n_ctx,

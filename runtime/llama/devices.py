@@ -11,13 +11,16 @@ nor the device registry), through the runtime's one ggml loader (ggml.py).
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llamapack.runtime.fileformat import LlamaCppBuild
 from llamapack.runtime.llama.cpu import CpuBackend
 from llamapack.runtime.llama.ggml import ggml as ggml_api
 from llamapack.runtime.llama.ggml import text
+from llamapack.runtime.llama.gpu import GpuChoice
 
+GIB = 1 << 30
 # enum ggml_backend_dev_type (ggml-backend.h), in order
 DEVICE_TYPES = ("CPU", "GPU", "IGPU", "ACCEL")
 # Devices llama.cpp offloads layers to (llama_model_load: GPU, else an integrated GPU).
@@ -44,6 +47,7 @@ class Device:
     description: str
     type: str  # one of DEVICE_TYPES
     memory_total: int = 0  # bytes; 0 when ggml does not say
+    memory_free: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -51,7 +55,14 @@ class Device:
             "description": self.description,
             "type": self.type,
             "memory_total": self.memory_total,
+            "memory_free": self.memory_free,
         }
+
+    def memory(self) -> str:
+        """ "7.6 of 8.0 GiB free" """
+        if not self.memory_total:
+            return "memory unknown"
+        return f"{self.memory_free / GIB:.1f} of {self.memory_total / GIB:.1f} GiB free"
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,7 @@ class EngineReport:
     model_layers: int = 0
     warnings: tuple[str, ...] = field(default=())
     layers_by_device: dict[str, int] = field(default_factory=dict)  # as llama.cpp placed them
+    gpu: GpuChoice = GpuChoice("none", reason="not asked for")
 
     @property
     def gpus(self) -> tuple[Device, ...]:
@@ -94,20 +106,23 @@ class EngineReport:
         """The launch line: the GPUs that get layers, then the CPU, threads and build."""
         parts = []
         offloaded = {name: count for name, count in self.layers_by_device.items() if name != "CPU"}
+        described = {d.name: d for d in self.devices}
         if offloaded:
-            described = {d.name: d.description for d in self.devices}
             parts += [
-                f"{name} ({described.get(name, '?')}): {count} layers" for name, count in offloaded.items()
+                f"{name} ({_described(described.get(name))}): {count} of {self.model_layers + 1} layers"
+                for name, count in offloaded.items()
             ]
-        elif self.gpu_layers:
-            names = ", ".join(f"{d.name}: {d.description}" for d in self.gpus)
-            parts.append(f"{names}, {self.gpu_layers} layers")
+        elif self.gpus:
+            layers = f"{self.gpu_layers} layers" if self.gpu_layers else "no layers"
+            parts += [f"{d.name} ({_described(d)}): {layers}" for d in self.gpus]
         cpu = self.cpu_summary()
         if self.cpu.description:
             cpu += f" on {self.cpu.description}"
         parts.append(cpu)
         parts.append(f"{self.threads} threads")
         parts.append(self.build.summary())
+        if not self.gpus and self.gpu.reason:
+            parts.append(f"no GPU ({self.gpu.reason})")
         return ", ".join(parts)
 
     def as_dict(self) -> dict[str, object]:
@@ -119,9 +134,18 @@ class EngineReport:
             "gpu_layers_requested": self.gpu_layers_requested,
             "gpu_layers": self.gpu_layers,
             "layers_by_device": dict(self.layers_by_device),
+            "gpu": self.gpu.as_dict(),
             "llama_cpp": self.build.to_json(),
             "warnings": list(self.warnings),
         }
+
+
+def _described(device: Device | None) -> str:
+    if device is None:
+        return "?"
+    if device.name.startswith("RPC") or not device.memory_total:
+        return device.description
+    return f"{device.description}, {device.memory()}"
 
 
 def instruction_set(features: tuple[str, ...]) -> str:
@@ -172,6 +196,7 @@ def devices() -> tuple[Device, ...]:
                 description=text(ggml.ggml_backend_dev_description(device)),
                 type=DEVICE_TYPES[kind] if 0 <= kind < len(DEVICE_TYPES) else f"type {kind}",
                 memory_total=int(total.value),
+                memory_free=int(free.value),
             )
         )
     return tuple(found)
@@ -183,6 +208,8 @@ def engine_report(
     gpu_layers_requested: int,
     model_layers: int,
     layers_by_device: dict[str, int] | None = None,
+    gpu: GpuChoice | None = None,
+    warnings: Sequence[str] = (),
 ) -> EngineReport:
     """Describe the engine of a loaded model (devices are read now)."""
     found = devices()
@@ -193,6 +220,7 @@ def engine_report(
         threads=threads,
         gpu_layers_requested=gpu_layers_requested,
         model_layers=model_layers,
-        warnings=offload_warnings(gpu_layers_requested, found),
+        warnings=(*offload_warnings(gpu_layers_requested, found), *warnings),
         layers_by_device=dict(layers_by_device or {}),
+        gpu=gpu or GpuChoice("none", reason="not asked for"),
     )

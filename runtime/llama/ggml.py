@@ -45,6 +45,8 @@ _SIGNATURES: dict[str, tuple[list[type], type | None]] = {
     "ggml_backend_register": ([ctypes.c_void_p], None),
     "ggml_backend_dev_by_type": ([ctypes.c_int], ctypes.c_void_p),
     "ggml_set_abort_callback": ([ctypes.c_void_p], ctypes.c_void_p),
+    "ggml_type_size": ([ctypes.c_int], ctypes.c_size_t),
+    "ggml_blck_size": ([ctypes.c_int], ctypes.c_int64),
 }
 
 

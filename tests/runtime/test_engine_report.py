@@ -4,6 +4,7 @@ on the real Gemma model behind the real app."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 
 import pytest
@@ -21,6 +22,7 @@ from llamapack.runtime.llama.devices import (
     llama_cpp_build,
     offload_warnings,
 )
+from llamapack.runtime.llama.gpu import GpuChoice
 from tests.support.api import gemma_app, gemma_backend, wait_ready
 
 KEY = "sesame"
@@ -104,7 +106,7 @@ def test_gpu_offload_without_a_gpu_is_a_warning(gemma_gguf):
 def test_a_gpu_that_takes_layers_leads_the_line():
     """The line's shape with a GPU, on described devices (this machine has none)."""
     cpu = CpuBackend("zen4", None, "AMD EPYC", ("AVX2", "AVX512", "AVX512_VBMI"), ("CPU_REPACK",))
-    gpu = Device("CUDA0", "NVIDIA H100 80GB HBM3", "GPU", 80 << 30)
+    gpu = Device("CUDA0", "NVIDIA H100 80GB HBM3", "GPU", 80 << 30, 79 << 30)
     report = EngineReport(
         LlamaCppBuild("0.25.3", "0c1e570"),
         cpu,
@@ -115,10 +117,34 @@ def test_a_gpu_that_takes_layers_leads_the_line():
         warnings=offload_warnings(99, (gpu,)),
     )
     assert report.line() == (
-        "CUDA0: NVIDIA H100 80GB HBM3, 19 layers, CPU zen4 (AVX-512) on AMD EPYC, 2 threads, "
-        "llama.cpp 0c1e570 (ggml 0.25.3)"
+        "CUDA0 (NVIDIA H100 80GB HBM3, 79.0 of 80.0 GiB free): 19 layers, CPU zen4 (AVX-512) on AMD EPYC, "
+        "2 threads, llama.cpp 0c1e570 (ggml 0.25.3)"
     )
     assert report.warnings == ()
+    placed = dataclasses.replace(report, layers_by_device={"CUDA0": 12, "CPU": 7})
+    assert placed.line().startswith(
+        "CUDA0 (NVIDIA H100 80GB HBM3, 79.0 of 80.0 GiB free): 12 of 19 layers, CPU"
+    )
+
+
+def test_no_gpu_ends_the_line_with_the_reason():
+    cpu = CpuBackend("haswell", None, "Intel", ("AVX2",), ())
+    report = EngineReport(
+        LlamaCppBuild("0.25.3", "0c1e570"),
+        cpu,
+        (Device("CPU", "Intel", "CPU"),),
+        threads=4,
+        gpu=GpuChoice("auto", reason="Vulkan: no working Vulkan driver"),
+    )
+    assert report.line() == (
+        "CPU haswell (AVX2) on Intel, 4 threads, llama.cpp 0c1e570 (ggml 0.25.3), "
+        "no GPU (Vulkan: no working Vulkan driver)"
+    )
+    assert report.as_dict()["gpu"] == {
+        "requested": "auto",
+        "backend": None,
+        "reason": "Vulkan: no working Vulkan driver",
+    }
 
 
 def test_instruction_sets_are_named_as_people_say_them():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import urllib.error
@@ -56,12 +57,13 @@ def check_chat_and_page(url: str, timeout: float) -> None:
 class Server:
     """A built file serving on a free port, its output kept for the test to read."""
 
-    def __init__(self, path: Path, *args: str):
+    def __init__(self, path: Path, *args: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [str(path), "--server", "--nobrowser", "--port", str(self.port), "-t", "2", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=None if env is None else {**os.environ, **env},
         )  # fmt: skip
 
     def wait_healthy(self, timeout: float = 60) -> None:

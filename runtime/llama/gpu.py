@@ -1,0 +1,255 @@
+"""Which GPU backend runs the model: load one of ggml's, or say why none.
+
+GPU backends are loadable ggml libraries like the CPU variants (GGML_BACKEND_DL):
+ggml-vulkan (any vendor), ggml-cuda (NVIDIA), ggml-metal (Apple). `--gpu auto`
+tries those this file carries, a vendor's own API first, and keeps the first that
+brings a device; only one is loaded, or one GPU would show up twice (as CUDA0 and
+Vulkan0) and get layers twice. Anything missing (the library, the system's Vulkan
+loader or driver, a device) leaves the CPU engine as it was, with the reason.
+
+A backend the builder packed (builder/gpu.py) travels xz-compressed in the stub:
+llama_cpp/gpu/<library>.xz, listed in llama_cpp/gpu/backends.json with the
+library's SHA-256 and size. It is unpacked once per user into the cache folder,
+written under a temporary name and renamed into place (two launches racing write
+the same bytes), and its SHA-256 is checked at every launch before it is loaded:
+a half-written or altered copy is written again, never loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+CHOICES = ("auto", "cuda", "metal", "vulkan", "none")
+AUTO_ORDER = ("cuda", "metal", "vulkan")
+NAMES = {"cuda": "CUDA", "metal": "Metal", "vulkan": "Vulkan"}
+PACKED_DIR = "gpu"  # under llama_cpp/ in the stub
+PACKED_INDEX = "backends.json"
+# The system library each backend needs before it can start (never carried in the stub).
+_SYSTEM_LOADERS = {
+    "vulkan": {"linux": "libvulkan.so.1", "win32": "vulkan-1.dll", "darwin": "libvulkan.1.dylib"},
+    "cuda": {"linux": "libcuda.so.1", "win32": "nvcuda.dll"},
+}
+
+
+class GpuError(Exception):
+    """A GPU backend asked for by name (--gpu vulkan) cannot run here."""
+
+
+@dataclass(frozen=True)
+class PackedBackend:
+    """A GPU backend library as the stub carries it: <library>.xz and what it must unpack to."""
+
+    name: str  # "vulkan"
+    library: str  # "libggml-vulkan.so"
+    sha256: str
+    size: int
+    packed_size: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "library": self.library,
+            "sha256": self.sha256,
+            "size": self.size,
+            "packed_size": self.packed_size,
+        }
+
+    @classmethod
+    def from_json(cls, name: str, value: dict[str, object]) -> PackedBackend:
+        return cls(
+            name,
+            str(value["library"]),
+            str(value["sha256"]),
+            int(str(value["size"])),
+            int(str(value.get("packed_size", 0))),
+        )
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What trying one backend found."""
+
+    backend: str
+    devices: int = 0  # GPU devices it registered
+    reason: str = ""  # why it brought none
+    carried: bool = True  # False: not in this file (auto passes over it quietly)
+
+
+@dataclass(frozen=True)
+class GpuChoice:
+    """The GPU backend in use (`backend`), or None and why (`reason`)."""
+
+    requested: str  # one of CHOICES
+    backend: str | None = None
+    reason: str = ""
+
+    def summary(self) -> str:
+        return NAMES[self.backend] if self.backend else f"no GPU ({self.reason})"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"requested": self.requested, "backend": self.backend, "reason": self.reason or None}
+
+
+def choose(requested: str, probe: Callable[[str], Probe], platform: str = sys.platform) -> GpuChoice:
+    """Try the backends `requested` names, in order, until one brings a device.
+    A backend asked for by name that cannot run is a GpuError; `auto` falls back
+    to the CPU with the reasons of the backends this file carries."""
+    if requested == "none":
+        return GpuChoice("none", reason="--gpu none")
+    names = [name for name in AUTO_ORDER if _runs_on(name, platform)] if requested == "auto" else [requested]
+    reasons = []
+    for name in names:
+        found = probe(name)
+        if found.devices:
+            return GpuChoice(requested, name)
+        if requested != "auto":
+            raise GpuError(f"--gpu {name}: {found.reason}")
+        if found.carried:
+            reasons.append(f"{NAMES[name]}: {found.reason}")
+    return GpuChoice(requested, reason="; ".join(reasons) or "this file has no GPU backend")
+
+
+def _runs_on(backend: str, platform: str) -> bool:
+    if backend == "metal":
+        return platform == "darwin"
+    if backend == "cuda":
+        return platform != "darwin"
+    return True
+
+
+# -- the real probe: find, unpack and load a backend library
+
+
+def probe(name: str) -> Probe:
+    """Load backend `name` into ggml (registering its devices) and count its GPUs."""
+    from llamapack.runtime.llama.ggml import ggml
+
+    api = ggml()
+    built_in = api.ggml_backend_reg_by_name(NAMES[name].encode())
+    if built_in:  # linked into ggml (Metal on a Mac): its devices are registered already
+        return _counted(name, built_in)
+    library = _library_file(name)
+    packed = None if library.is_file() else _packed(name)
+    if not library.is_file() and packed is None:
+        return Probe(name, reason=f"this file has no {NAMES[name]} backend", carried=False)
+    loader = _SYSTEM_LOADERS.get(name, {}).get(_platform_key())
+    if loader is not None:
+        try:
+            ctypes.CDLL(loader)
+        except OSError:
+            return Probe(name, reason=f"no {NAMES[name]} driver on this system ({loader} not found)")
+    if packed is not None:
+        try:
+            library = unpack(packed, Path(_package_dir()) / PACKED_DIR, cache_root())
+        except OSError as exc:
+            return Probe(name, reason=f"cannot unpack its library: {exc.strerror or exc}")
+    try:
+        ctypes.CDLL(str(library))  # ggml_backend_load's dlopen says nothing of why it failed
+    except OSError as exc:
+        return Probe(name, reason=f"cannot load {library.name}: {exc}")
+    reg = api.ggml_backend_load(os.fsencode(library))
+    if not reg:
+        return Probe(name, reason=f"no working {NAMES[name]} driver")
+    return _counted(name, reg)
+
+
+def _counted(name: str, reg: int) -> Probe:
+    """How many GPUs backend `name`'s registry brought."""
+    from llamapack.runtime.llama.devices import DEVICE_TYPES, OFFLOAD_TYPES
+    from llamapack.runtime.llama.ggml import ggml
+
+    api = ggml()
+    gpus = 0
+    for index in range(api.ggml_backend_reg_dev_count(reg)):
+        kind = api.ggml_backend_dev_type(api.ggml_backend_reg_dev_get(reg, index))
+        gpus += 0 <= kind < len(DEVICE_TYPES) and DEVICE_TYPES[kind] in OFFLOAD_TYPES
+    if not gpus:
+        return Probe(name, reason=f"no {NAMES[name]} GPU found")
+    return Probe(name, devices=gpus)
+
+
+def unpack(backend: PackedBackend, packed_dir: Path, cache: Path) -> Path:
+    """The library of `backend`, unpacked into `cache` unless a verified copy is there."""
+    import hashlib
+    import lzma
+    import tempfile
+
+    target = cache / "gpu" / backend.sha256[:16] / backend.library
+    if target.is_file() and _sha256(target) == backend.sha256:
+        return target
+    data = lzma.decompress((packed_dir / (backend.library + ".xz")).read_bytes())
+    if len(data) != backend.size or hashlib.sha256(data).hexdigest() != backend.sha256:
+        raise OSError(f"{backend.library}.xz in this file is damaged")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=backend.library + ".", dir=target.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def packed_backends(packed_dir: Path) -> dict[str, PackedBackend]:
+    import json
+
+    try:
+        index = json.loads((packed_dir / PACKED_INDEX).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: PackedBackend.from_json(name, value) for name, value in index.items()}
+
+
+def cache_root() -> Path:
+    """The per-user cache folder (the builder's too: LLAMAPACK_CACHE moves both)."""
+    override = os.environ.get("LLAMAPACK_CACHE")
+    if override:
+        return Path(override)
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local"
+        return Path(local) / "llamapack" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "llamapack"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llamapack"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _packed(name: str) -> PackedBackend | None:
+    return packed_backends(Path(_package_dir()) / PACKED_DIR).get(name)
+
+
+def _package_dir() -> str:
+    import llama_cpp
+
+    return os.path.dirname(llama_cpp.__file__)
+
+
+def _library_file(name: str) -> Path:
+    """Where an unpacked backend library would lie: beside the CPU variants."""
+    from llamapack.runtime.llama.cpu import search_directories
+
+    file_name = {"win32": f"ggml-{name}.dll"}.get(sys.platform, f"libggml-{name}.so")
+    for folder in search_directories():
+        if (folder / file_name).is_file():
+            return folder / file_name
+    return search_directories()[0] / file_name
+
+
+def _platform_key() -> str:
+    return "linux" if sys.platform.startswith("linux") else sys.platform
