@@ -45,15 +45,16 @@ from .stub import cache_dir, llama_cpp_version
 
 Log = Callable[[str], None]
 
-RECIPE = "r1"
+RECIPE = "r2"
 TARGET = "ggml-vulkan"  # bump when a change below gives a different library
 MIRROR = os.environ.get("LLAMAPACK_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SUITE = "trixie"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-# glslc and what it runs on (trixie's C and C++ runtimes), and the Vulkan headers.
+# glslc and what it runs on (trixie's C and C++ runtimes), and the Vulkan and SPIR-V headers.
 # libvulkan1 only to link against: the stub never carries a Vulkan loader, the user's own is used.
 TOOLCHAIN_PACKAGES = (
-    "glslc", "libshaderc1", "libc6", "libstdc++6", "libgcc-s1", "libvulkan-dev", "libvulkan1",
+    "glslc", "libshaderc1", "libc6", "libstdc++6", "libgcc-s1",
+    "libvulkan-dev", "libvulkan1", "spirv-headers",
 )  # fmt: skip
 _GLSLC_WRAPPER = """#!/bin/sh
 # trixie's glslc with trixie's own C library (this host's is older than it needs)
@@ -119,6 +120,7 @@ def ensure_vulkan(log: Log, target: str = "linux-x86_64") -> Path:
                 "cmake", "-S", str(source), "-B", str(build), "-G", "Ninja", *_CMAKE_OPTIONS, *target_options,
                 f"-DVulkan_GLSLC_EXECUTABLE={toolchain / 'glslc'}", f"-DVulkan_INCLUDE_DIR={headers}",
                 f"-DVulkan_LIBRARY={loader}",
+                f"-DSPIRV-Headers_DIR={toolchain / 'root' / 'usr' / 'share' / 'cmake' / 'SPIRV-Headers'}",
             ],
             log_path, f"cmake (configure llama.cpp's Vulkan backend for {target})",
         )  # fmt: skip

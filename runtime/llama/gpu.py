@@ -191,6 +191,12 @@ def unpack(backend: PackedBackend, packed_dir: Path, cache: Path) -> Path:
             out.write(data)
         os.chmod(temporary, 0o755)
         os.replace(temporary, target)
+    except OSError:
+        Path(temporary).unlink(missing_ok=True)
+        # Windows will not replace a DLL another launch has loaded meanwhile: that one is whole.
+        if target.is_file() and _sha256(target) == backend.sha256:
+            return target
+        raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -133,6 +133,6 @@ def test_the_file_is_an_rpc_worker_for_an_x86_64_file(
         )  # fmt: skip
         assert split.returncode == 0, split.stderr[-3000:]
         assert split.stdout.strip()
-        assert f"RPC0 (127.0.0.1:{port}): 19 layers" in split.stderr, split.stderr
+        assert f"RPC0 (127.0.0.1:{port}): 19 of 19 layers" in split.stderr, split.stderr
     finally:
         stop(worker)

@@ -117,6 +117,50 @@ def test_greedy_text_is_the_linux_text(wine_text: str, gemma_gguf: Path, tmp_pat
     assert wine_text == host_run.stdout
 
 
+@pytest.fixture
+def x_display() -> Iterator[str]:
+    """A virtual X server: Wine's Vulkan goes through its X11 driver, which needs a display."""
+    if shutil.which("Xvfb") is None:
+        unavailable("Xvfb is not installed (Debian: apt-get install xvfb)")
+    number = next(n for n in range(90, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    server = subprocess.Popen(
+        ["Xvfb", f":{number}", "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"/tmp/.X11-unix/X{number}").exists():
+            assert server.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
+            time.sleep(0.1)
+        yield f":{number}"
+    finally:
+        stop(server)
+
+
+def test_the_file_offloads_to_vulkan_under_wine(
+    windows_file: Path, wine_text: str, tmp_path: Path, x_display: str
+) -> None:
+    """Wine's vulkan-1.dll hands Vulkan to the host's loader and Mesa's lavapipe (through
+    Wine's X11 driver, on a virtual display): the file unpacks its packed
+    ggml-vulkan.dll into the user's cache folder, loads it, puts every layer on the
+    device and writes the CPU's greedy text."""
+    env = {
+        **windows.wine_env(),
+        "GGML_VK_VISIBLE_DEVICES": "0",
+        "LLAMAPACK_CACHE": windows.windows_path(tmp_path),
+        "DISPLAY": x_display,
+    }
+    run = subprocess.run(
+        _wine(windows_file, *PROMPT, "-ngl", "99"),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=UNDER_WINE, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    engine = next(line for line in run.stderr.splitlines() if ": engine: " in line)
+    assert ": engine: Vulkan0 (llvmpipe" in engine and "): 19 of 19 layers, CPU " in engine, engine
+    assert run.stdout.replace("\r\n", "\n") == wine_text
+    assert [path.name for path in tmp_path.glob("gpu/*/*")] == ["ggml-vulkan.dll"]
+
+
 def test_a_model_over_4_gib_runs_from_beside_the_exe(
     wine_text: str, gemma_gguf: Path, windows_stub: Path, tmp_path: Path
 ) -> None:
@@ -248,7 +292,7 @@ def test_the_file_is_an_rpc_worker_for_a_linux_file(
         host_file = build_file(gemma_gguf, tmp_path / "gemma-linux")
         split = run_host(host_file, "--rpc", f"127.0.0.1:{port}", *PROMPT)
         assert split.returncode == 0, split.stderr[-3000:]
-        assert f"RPC0 (127.0.0.1:{port}): 19 layers" in split.stderr, split.stderr
+        assert f"RPC0 (127.0.0.1:{port}): 19 of 19 layers" in split.stderr, split.stderr
         alone = run_host(host_file, *PROMPT, env={"LLAMAPACK_CPU_EXTRA_BUFTS": "0"})
         assert split.stdout == alone.stdout
     finally:
