@@ -84,17 +84,18 @@ def vulkan_dir(target: str = "linux-x86_64") -> Path:
 
 
 def ensure_vulkan(log: Log, target: str = "linux-x86_64") -> Path:
-    """ggml-vulkan for this llama-cpp-python and `target` (linux-x86_64, or
-    windows-x86_64 cross-compiled with mingw-w64), compiled once (about 3 minutes on
-    2 cores) and cached with its xz-compressed copy."""
+    """ggml-vulkan for this llama-cpp-python and `target` (linux-x86_64; windows-x86_64
+    and linux-aarch64 cross-compiled), compiled once (about 3 minutes on 2 cores) and
+    cached with its xz-compressed copy."""
     folder = vulkan_dir(target)
     if (folder / ".complete").is_file():
         return folder
-    windows = target == "windows-x86_64"
+    windows, arm64 = target == "windows-x86_64", target == "linux-aarch64"
     log_path = folder.parent / (folder.name + ".log")
     log(f"Building llama.cpp's Vulkan backend for {target} once (a few minutes; log in {log_path})...")
     toolchain = ensure_toolchain(log)
-    _require_tools(("cmake", "ninja", "c++", *(_MINGW_TOOLS if windows else ("strip",))))
+    cross_tools = _MINGW_TOOLS if windows else ("aarch64-linux-gnu-g++",) if arm64 else ()
+    _require_tools(("cmake", "ninja", "c++", *cross_tools))
     with _scratch(folder) as work:
         source = _llama_cpp_source(work, log_path)
         build = work / "build"
@@ -110,6 +111,14 @@ def ensure_vulkan(log: Log, target: str = "linux-x86_64") -> Path:
                 "-DLLAMA_BUILD_COMMON=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_APP=OFF",
             ]  # fmt: skip
             built_name, name = "ggml-vulkan.dll", "ggml-vulkan.dll"
+        elif arm64:
+            from .cross import aarch64
+
+            # The arm64 root's loader, to link against (the root has it to run the tests).
+            loader = aarch64.ensure_root(log) / "usr" / "lib" / "aarch64-linux-gnu" / "libvulkan.so.1"
+            (work / "toolchain.cmake").write_text(aarch64.TOOLCHAIN)
+            target_options = [f"-DCMAKE_TOOLCHAIN_FILE={work / 'toolchain.cmake'}"]
+            built_name, name = "libggml-vulkan.so", "libggml-vulkan.so"
         else:
             # The loader is the user's: linked by soname, never carried in the stub.
             loader = toolchain / "root" / "usr" / "lib" / "x86_64-linux-gnu" / "libvulkan.so.1"
@@ -132,7 +141,7 @@ def ensure_vulkan(log: Log, target: str = "linux-x86_64") -> Path:
         library = work / "out" / name
         library.parent.mkdir()
         shutil.copy2(build / "bin" / built_name, library)
-        strip = "x86_64-w64-mingw32-strip" if windows else "strip"
+        strip = "x86_64-w64-mingw32-strip" if windows else "aarch64-linux-gnu-strip" if arm64 else "strip"
         _run([strip, "--strip-unneeded", str(library)], log_path, "strip")
         backend = pack(library, work / "out", "vulkan")
         (work / "out" / ".complete").write_text("")

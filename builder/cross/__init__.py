@@ -46,8 +46,7 @@ def cross_stub_path(target: str) -> Path:
         choices = ", ".join(CROSS_TARGETS)
         raise UsageError(f"cannot build the runtime for {target!r} here; choose one of {choices}")
     recipe = [Path(__file__), _module_file(target)]
-    if target == "windows-x86_64":  # its stub carries the Vulkan backend (builder/gpu.py)
-        recipe.append(Path(__file__).parent.parent / "gpu.py")
+    recipe.append(Path(__file__).parent.parent / "gpu.py")  # each stub carries the Vulkan backend
     digest = sources_digest([path for path in recipe if path.is_file()])
     key = f"{__version__}-llama-cpp-python-{llama_cpp_version()}-{target}-{digest}"
     suffix = ".exe" if target.startswith("windows") else ""

@@ -34,15 +34,19 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
+from llamapack.runtime.llama.gpu import PACKED_DIR
+
 from .. import stub as host_stub
 from ..errors import RuntimeStubError
 
 TARGET = "linux-aarch64"
 SUITE = "bookworm"
 # Bump ROOT_RECIPE when ROOT_PACKAGES or the root's set-up changes: a new root is made.
-ROOT_RECIPE = "r1"
+ROOT_RECIPE = "r2"
+# The Vulkan loader and Mesa's drivers: to link the Vulkan backend against, and lavapipe
+# to run it on in the tests.
 ROOT_PACKAGES = ("python3", "python3-pip", "python3-venv", "python3-dev", "binutils", "ca-certificates",
-                 "libgomp1")  # fmt: skip
+                 "libgomp1", "libvulkan1", "mesa-vulkan-drivers")  # fmt: skip
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 VENV = "/opt/llamapack-venv"
 # What the runtime imports from outside the standard library (besides llama_cpp), and
@@ -74,7 +78,7 @@ HOST_TOOLS = {
     "unshare": "util-linux",
     "chroot": "coreutils",
 }
-_TOOLCHAIN = """\
+TOOLCHAIN = """\
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)
 set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)
@@ -301,7 +305,7 @@ def ensure_libs(log: Log = _quiet) -> Path:
         source = work_dir / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
         _leave_out_variants(source / "ggml" / "src" / "CMakeLists.txt")
         toolchain = work_dir / "aarch64-linux-gnu.cmake"
-        toolchain.write_text(_TOOLCHAIN)
+        toolchain.write_text(TOOLCHAIN)
         build = work_dir / "build"
         _run(["cmake", "-S", str(source), "-B", str(build), "-G", "Ninja",
               f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", *CMAKE_OPTIONS],
@@ -354,12 +358,15 @@ def build_stub(destination: Path, log: Log | None = None) -> Path:
     started = time.monotonic()
     root = ensure_root(say)
     libs = ensure_libs(say)
-    _pyinstaller(root, libs, destination, say)
+    from .. import gpu
+
+    backends = [gpu.ensure_vulkan(say, TARGET)]
+    _pyinstaller(root, libs, backends, destination, say)
     _timed(say, f"runtime stub built ({destination.stat().st_size / 1e6:.1f} MB)", started)
     return destination
 
 
-def _pyinstaller(root: Path, libs: Path, destination: Path, log: Log) -> None:
+def _pyinstaller(root: Path, libs: Path, backends: list[Path], destination: Path, log: Log) -> None:
     """builder/stub.py's PyInstaller recipe, run by the root's Python on aarch64 libraries.
     llama_cpp's bindings are pure Python: the host's copy of the pinned version is staged."""
     import llama_cpp
@@ -377,6 +384,7 @@ def _pyinstaller(root: Path, libs: Path, destination: Path, log: Log) -> None:
         staging = host_stub.stage_sources(
             work_dir / "src", Path(llama_cpp.__file__).parent, host_stub.llama_cpp_version()
         )
+        host_stub.stage_gpu_backends(staging / "llama_cpp" / PACKED_DIR, backends)
         shutil.copytree(libs, work_dir / "lib", ignore=shutil.ignore_patterns(_READY))
         names = [*host_stub._LINUX_LIBS, *(f"libggml-cpu-{v}.so" for v in variants(libs))]
         arguments = host_stub.pyinstaller_arguments(

@@ -74,6 +74,25 @@ def test_greedy_text_is_the_x86_64_text(
     assert emulated_run.stdout == host_run.stdout
 
 
+def test_the_file_offloads_to_vulkan_under_qemu(
+    aarch64_file: Path, gemma_gguf: Path, tmp_path: Path, emulated: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The arm64 Vulkan loader and Mesa's lavapipe of the arm64 root, under qemu-user:
+    the file unpacks its packed Vulkan backend, puts every layer on the device and
+    writes the CPU's greedy text."""
+    monkeypatch.setenv("GGML_VK_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("LLAMAPACK_CACHE", str(tmp_path / "cache"))
+    run = run_file(aarch64_file, *PROMPT, "-ngl", "99", timeout=EMULATED)
+    assert run.returncode == 0, run.stderr[-3000:]
+    engine = next(line for line in run.stderr.splitlines() if ": engine: " in line)
+    assert ": engine: Vulkan0 (llvmpipe" in engine and "): 19 of 19 layers, CPU " in engine, engine
+    assert [path.name for path in (tmp_path / "cache").glob("gpu/*/*")] == ["libggml-vulkan.so"]
+    host_file = build_file(gemma_gguf, tmp_path / "gemma-x86_64")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QEMU_")}
+    host_run = subprocess.run([str(host_file), *PROMPT], capture_output=True, text=True, timeout=300, env=env)
+    assert run.stdout == host_run.stdout and run.stdout.strip()
+
+
 @pytest.mark.parametrize(
     ("cpu", "variant"),
     [("cortex-a53", "armv8.0_1"), ("neoverse-n1", "armv8.2_2"), ("max", "armv8.6_2")],
