@@ -42,6 +42,7 @@ from llamapack.runtime.llama.gpu import PACKED_INDEX, PackedBackend
 from .cross.windows import TOOLCHAIN as _MINGW_TOOLCHAIN
 from .errors import RuntimeStubError
 from .stub import cache_dir, llama_cpp_version
+from .stub import run_logged as _run
 
 Log = Callable[[str], None]
 
@@ -291,19 +292,3 @@ def _scratch(folder: Path) -> Iterator[Path]:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=folder.name + ".", dir=folder.parent) as work:
         yield Path(work)
-
-
-def _run(command: Sequence[str], log_path: Path, what: str) -> None:
-    """Run `command`, appending its output to `log_path`; a failure is one line."""
-    try:
-        result = subprocess.run(
-            list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-    except OSError as exc:
-        raise RuntimeStubError(f"{what}: cannot run {command[0]}: {exc.strerror}") from None
-    with log_path.open("ab") as log:
-        log.write(f"$ {' '.join(command)}\n".encode() + result.stdout)
-    if result.returncode != 0:
-        lines = result.stdout.decode(errors="replace").strip().splitlines()
-        tail = next((line for line in reversed(lines) if line.strip()), "no output")
-        raise RuntimeStubError(f"{what} failed ({tail.strip()}); full log: {log_path}")

@@ -245,6 +245,22 @@ def run_pyinstaller(
     os.replace(built, destination)
 
 
+def run_logged(command: Sequence[str], log_path: Path, what: str, env: dict[str, str] | None = None) -> None:
+    """Run a build step's `command`, appending its output to `log_path`; a failure is one line."""
+    try:
+        result = subprocess.run(
+            list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
+    except OSError as exc:
+        raise RuntimeStubError(f"{what}: cannot run {command[0]}: {exc.strerror}") from None
+    with log_path.open("ab") as log:
+        log.write(f"$ {' '.join(command)}\n".encode() + result.stdout)
+    if result.returncode != 0:
+        lines = result.stdout.decode(errors="replace").strip().splitlines()
+        tail = next((line for line in reversed(lines) if line.strip()), "no output")
+        raise RuntimeStubError(f"{what} failed ({tail.strip()}); full log: {log_path}")
+
+
 def stage_sources(root: Path, llama_cpp_dir: Path, llama_cpp_python: str) -> Path:
     """Copy the runtime and UI as a plain `llamapack` package PyInstaller can analyse
     (an editable install hides them behind an import hook it cannot follow), with

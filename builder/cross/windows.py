@@ -50,6 +50,7 @@ from ..stub import (
     stage_sources,
     stub_workspace,
 )
+from ..stub import run_logged as _run
 
 Log = Callable[[str], None]
 
@@ -361,22 +362,6 @@ def _step(folder: Path, say: Log, what: str, in_place: bool = False) -> Iterator
     (work / ".complete").write_text("")
     if not in_place:
         os.replace(work, folder)
-
-
-def _run(command: Sequence[str], log_path: Path, what: str, env: dict[str, str] | None = None) -> None:
-    """Run `command`, appending its output to `log_path`; a failure is one line."""
-    try:
-        result = subprocess.run(
-            list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
-        )
-    except OSError as exc:
-        raise RuntimeStubError(f"{what}: cannot run {command[0]}: {exc.strerror}") from None
-    with log_path.open("ab") as log:
-        log.write(f"$ {' '.join(command)}\n".encode() + result.stdout)
-    if result.returncode != 0:
-        lines = result.stdout.decode(errors="replace").strip().splitlines()
-        tail = next((line for line in reversed(lines) if line.strip()), "no output")
-        raise RuntimeStubError(f"{what} failed ({tail.strip()}); full log: {log_path}")
 
 
 def _host_python() -> str:
