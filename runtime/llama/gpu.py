@@ -29,6 +29,7 @@ AUTO_ORDER = ("cuda", "metal", "vulkan")
 NAMES = {"cuda": "CUDA", "metal": "Metal", "vulkan": "Vulkan"}
 PACKED_DIR = "gpu"  # under llama_cpp/ in the stub
 PACKED_INDEX = "backends.json"
+UNPACKED_DIR = "gpu-backends"  # under the user cache folder, one folder per library hash
 # The system library each backend needs before it can start (never carried in the stub).
 _SYSTEM_LOADERS = {
     "vulkan": {"linux": "libvulkan.so.1", "win32": "vulkan-1.dll", "darwin": "libvulkan.1.dylib"},
@@ -178,7 +179,7 @@ def unpack(backend: PackedBackend, packed_dir: Path, cache: Path) -> Path:
     import lzma
     import tempfile
 
-    target = cache / "gpu" / backend.sha256[:16] / backend.library
+    target = cache / UNPACKED_DIR / backend.sha256[:16] / backend.library
     if target.is_file() and _sha256(target) == backend.sha256:
         return target
     data = lzma.decompress((packed_dir / (backend.library + ".xz")).read_bytes())

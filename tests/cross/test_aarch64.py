@@ -93,7 +93,7 @@ def test_the_file_finds_a_vulkan_device_under_qemu(
     gpu_line = run.stdout.splitlines()[-1]
     assert gpu_line.startswith("GPU: Vulkan0 (llvmpipe (LLVM"), run.stderr[-3000:]
     assert gpu_line.endswith(", Vulkan")
-    assert [path.name for path in (tmp_path / "cache").glob("gpu/*/*")] == ["libggml-vulkan.so"]
+    assert [path.name for path in (tmp_path / "cache").glob("gpu-backends/*/*")] == ["libggml-vulkan.so"]
     monkeypatch.setenv("VK_DRIVER_FILES", str(tmp_path / "none.json"))
     assert run_file(aarch64_file, "--version", timeout=EMULATED).stdout.splitlines()[-1] == (
         "GPU: none (Vulkan: no working Vulkan driver)"

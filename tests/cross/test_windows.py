@@ -158,7 +158,7 @@ def test_the_file_offloads_to_vulkan_under_wine(
     engine = next(line for line in run.stderr.splitlines() if ": engine: " in line)
     assert ": engine: Vulkan0 (llvmpipe" in engine and "): 19 of 19 layers, CPU " in engine, engine
     assert run.stdout.replace("\r\n", "\n") == wine_text
-    assert [path.name for path in tmp_path.glob("gpu/*/*")] == ["ggml-vulkan.dll"]
+    assert [path.name for path in tmp_path.glob("gpu-backends/*/*")] == ["ggml-vulkan.dll"]
 
 
 def test_a_model_over_4_gib_runs_from_beside_the_exe(

@@ -132,7 +132,7 @@ def test_version_names_the_gpu(gemma_file, cache):
 
 def test_the_backend_is_unpacked_once_per_user_and_checked(gemma_file, cache):
     assert run(gemma_file, "--version", cache=cache).returncode == 0
-    (library,) = (cache / "gpu").glob("*/libggml-vulkan.so")
+    (library,) = (cache / "gpu-backends").glob("*/libggml-vulkan.so")
     digest = hashlib.sha256(library.read_bytes()).hexdigest()
     assert library.parent.name == digest[:16]
     stamp = library.stat().st_mtime_ns

@@ -132,7 +132,7 @@ def test_a_damaged_packed_library_is_refused(packed, tmp_path):
     (staged / "libggml-vulkan.so.xz").write_bytes(lzma.compress(library_bytes[:-1] + b"x"))
     with pytest.raises(OSError, match="damaged"):
         unpack(backend, staged, tmp_path / "cache")
-    assert not (tmp_path / "cache" / "gpu" / backend.sha256[:16] / "libggml-vulkan.so").exists()
+    assert not (tmp_path / "cache" / gpu.UNPACKED_DIR / backend.sha256[:16] / "libggml-vulkan.so").exists()
 
 
 def test_launches_racing_to_unpack_all_get_the_whole_library(packed, tmp_path):
