@@ -51,13 +51,18 @@ def fit_layers(shape: ModelShape, free: Sequence[int], n_ctx: int, margin: int =
             return layers
         used += cost
         layers += 1
-    return layers + 1 if used + shape.output_bytes <= budget else layers
+    return layers + 1 if used + output_cost(shape) <= budget else layers
 
 
 def compute_bytes(shape: ModelShape, n_ctx: int) -> int:
-    """An upper bound of llama.cpp's GPU compute buffer for one micro-batch: the
-    logits, a layer's activations and one layer's attention scores in f32."""
-    return 4 * N_UBATCH * (shape.n_vocab + 16 * shape.n_embd + shape.n_head * n_ctx)
+    """An upper bound of llama.cpp's GPU compute buffer for one micro-batch: a
+    layer's activations and one layer's attention scores, in f32."""
+    return 4 * N_UBATCH * (16 * shape.n_embd + shape.n_head * n_ctx)
+
+
+def output_cost(shape: ModelShape) -> int:
+    """The output layer on the GPU: its weights and a micro-batch of f32 logits."""
+    return shape.output_bytes + 4 * N_UBATCH * shape.n_vocab
 
 
 def model_shape(header: Header, tensor_bytes: Callable[[Tensor], int]) -> ModelShape:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -143,3 +144,22 @@ def test_the_backend_is_unpacked_once_per_user_and_checked(gemma_file, cache):
     assert result.stdout.splitlines()[-1].startswith("GPU: Vulkan0")
     assert hashlib.sha256(library.read_bytes()).hexdigest() == digest
     assert json.dumps(sorted(path.name for path in library.parent.iterdir())) == '["libggml-vulkan.so"]'
+
+
+def test_the_layer_estimate_covers_what_llama_cpp_allocates_on_the_gpu(gemma_file, gemma_gguf, cache):
+    """Everything offloaded, the estimate that chose it (runtime/llama/offload.py) is
+    never below the device buffers llama.cpp reports: weights, KV cache, compute."""
+    from llamapack.runtime.llama.model import init_backend
+    from llamapack.runtime.llama.offload import compute_bytes, output_cost, read_shape
+
+    args = ("-p", "Hi", "-n", "1", "-t", "2", "-ngl", "99", "-c", "4096", "--verbose")
+    result = run(gemma_file, *args, cache=cache, GGML_VK_VISIBLE_DEVICES="0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    buffers = re.findall(r"Vulkan0 (model|KV|compute) buffer size =\s+([\d.]+) MiB", result.stderr)
+    assert {kind for kind, _ in buffers} == {"model", "KV", "compute"}, result.stderr[-3000:]
+    allocated = sum(float(size) for _, size in buffers) * (1 << 20)
+    init_backend()
+    shape = read_shape(gemma_gguf, 0)
+    kv = sum(shape.kv_bytes_per_token) * 4096
+    estimate = sum(shape.layer_bytes) + kv + compute_bytes(shape, 4096) + output_cost(shape)
+    assert estimate >= allocated > 50 << 20

@@ -15,6 +15,7 @@ from llamapack.runtime.llama.offload import (
     compute_bytes,
     fit_layers,
     model_shape,
+    output_cost,
     read_shape,
 )
 from tests.support.fakes import add_tiny_vocabulary
@@ -37,7 +38,7 @@ def shape(layers: int = 10, layer: int = 100 * MIB, output: int = 50 * MIB, kv: 
 def budget_for(model: ModelShape, n_ctx: int, layers: int, output: bool = False) -> int:
     """The free memory on one device that holds exactly the last `layers` layers."""
     needed = sum(model.layer_bytes[-layers:]) + layers * model.kv_bytes_per_token[0] * n_ctx if layers else 0
-    return MARGIN + compute_bytes(model, n_ctx) + needed + (model.output_bytes if output else 0)
+    return MARGIN + compute_bytes(model, n_ctx) + needed + (output_cost(model) if output else 0)
 
 
 def test_everything_fits_on_a_big_gpu():
@@ -61,7 +62,8 @@ def test_the_output_layer_goes_last():
     model = shape()
     all_layers = budget_for(model, 4096, 10)
     assert fit_layers(model, [all_layers], n_ctx=4096) == 10
-    assert fit_layers(model, [all_layers + model.output_bytes], n_ctx=4096) == 11
+    assert fit_layers(model, [all_layers + model.output_bytes], n_ctx=4096) == 10  # logits too
+    assert fit_layers(model, [all_layers + output_cost(model)], n_ctx=4096) == 11
 
 
 def test_a_longer_context_leaves_room_for_fewer_layers():
