@@ -258,12 +258,15 @@ async def test_sleep_frees_the_model_and_a_request_wakes_it(aiohttp_client, gemm
         await asyncio.sleep(0.1)
     else:
         pytest.fail("the server did not go to sleep")
+    # On a loaded machine it may also have slept (and woken) before the first request:
+    # what counts is that a request to a sleeping server loads the model once more.
+    loaded = len(loads)
     assert (await client.get("/health")).status == 200
     predicted = [line for line in (await (await client.get("/metrics")).text()).splitlines()
                  if line.startswith("llamacpp:tokens_predicted_total ")]  # fmt: skip
     assert predicted == ["llamacpp:tokens_predicted_total 4"]  # kept while asleep
     counted = await client.post("/v1/chat/completions/input_tokens", json={"messages": BOOK})
-    assert counted.status == 200 and len(loads) == 2
+    assert counted.status == 200 and len(loads) == loaded + 1
     assert not (await (await client.get("/props")).json())["is_sleeping"]
 
 
