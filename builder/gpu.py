@@ -46,9 +46,10 @@ from .stub import run_logged as _run
 
 Log = Callable[[str], None]
 
-RECIPE = "r2"
-TARGET = "ggml-vulkan"  # bump when a change below gives a different library
-MIRROR = os.environ.get("LLAMAPACK_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+RECIPE = "r2"  # bump when a change below gives a different library
+OPT_OUT = "LLAMAPACK_GPU_BACKENDS"
+TARGET = "ggml-vulkan"  # the one cmake target built  # bump when a change below gives a different library
+MIRROR = os.environ.get("LLAMAPACK_DEBIAN_MIRROR", "https://deb.debian.org/debian")
 SUITE = "trixie"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 # glslc and what it runs on (trixie's C and C++ runtimes), and the Vulkan and SPIR-V headers.
@@ -72,12 +73,21 @@ _CMAKE_OPTIONS = (
 )  # fmt: skip
 
 
+def wanted() -> bool:
+    """Whether stubs built here carry the GPU backend: LLAMAPACK_GPU_BACKENDS=none
+    builds CPU-only stubs, for a host that cannot build it (no network, no Debian tools)."""
+    return os.environ.get(OPT_OUT, "").lower() != "none"
+
+
 def host_backends(log: Log) -> list[Path]:
     """Folders of the GPU backends the host's stub carries, each with its packed
     library and index (built now if not cached)."""
-    if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+    if not wanted() or not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
         return []
-    return [ensure_vulkan(log)]
+    try:
+        return [ensure_vulkan(log)]
+    except RuntimeStubError as exc:
+        raise RuntimeStubError(f"{exc} ({OPT_OUT}=none builds a runtime without the GPU backend)") from None
 
 
 def vulkan_dir(target: str = "linux-x86_64") -> Path:
@@ -220,20 +230,34 @@ def ensure_toolchain(log: Log) -> Path:
         wrapper.chmod(0o755)
         _run([str(wrapper), "--version"], work / "fetch.log", "glslc --version")
         (work / "out" / ".complete").write_text("")
-        os.replace(work / "out", folder)
+        _move_into_place(work / "out", folder)
     return folder
+
+
+def _move_into_place(built: Path, folder: Path) -> None:
+    """Builds for two targets share the toolchain: the first one in place is kept."""
+    try:
+        os.replace(built, folder)
+    except OSError:
+        if not (folder / ".complete").is_file():
+            raise
 
 
 def _signed_packages_index(work: Path) -> dict[str, dict[str, str]]:
     """trixie's amd64 Packages index, its hash taken from the signed InRelease."""
-    release = work / "InRelease"
+    release, verified = work / "InRelease", work / "InRelease.verified"
     _download(f"{MIRROR}/dists/{SUITE}/InRelease", release, None)
+    # Only what the signature covers: text around the signed block would pass gpgv too.
     what = f"gpgv (Debian {SUITE} InRelease)"
-    _run(["gpgv", "--keyring", str(KEYRING), str(release)], work / "fetch.log", what)
+    command = ["gpgv", "--keyring", str(KEYRING), "--output", str(verified), str(release)]
+    _run(command, work / "fetch.log", what)
+    text = verified.read_text(errors="replace")
+    if f"\nCodename: {SUITE}\n" not in f"\n{text}":
+        raise RuntimeStubError(f"{MIRROR}: the signed release file is not Debian {SUITE}'s")
     wanted = "main/binary-amd64/Packages.xz"
     digest = None
     in_sha256 = False
-    for line in release.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         if not line.startswith(" "):
             in_sha256 = line.startswith("SHA256:")
         elif in_sha256 and line.split()[-1] == wanted:

@@ -74,7 +74,8 @@ def _sources_digest() -> str:
     build of the same llama-cpp-python version differ): any change gets a new stub."""
     from . import gpu
 
-    return sources_digest([Path(gpu.__file__)], _host_libraries())
+    recipe = [Path(gpu.__file__)] if gpu.wanted() else []  # a CPU-only stub has a key of its own
+    return sources_digest(recipe, _host_libraries())
 
 
 def sources_digest(recipe: Sequence[Path], libraries: Sequence[Path] = ()) -> str:

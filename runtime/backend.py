@@ -112,9 +112,15 @@ class Backend:
             raise
 
     def _load(self, options: BackendOptions, n_gpu_layers: int) -> None:
-        """The model, its context(s) and chat formatter, with `n_gpu_layers` on the GPU."""
-        self.model = Model(options.source, n_gpu_layers=n_gpu_layers, tensor_split=options.tensor_split)
+        """The model, its context(s) and chat formatter, with `n_gpu_layers` on the GPU.
+        With none there, no GPU is among the model's devices either: llama.cpp would
+        still put compute buffers on one and send it big prompt batches."""
+        cpu_only = n_gpu_layers == 0 and not options.rpc
+        self.model = Model(
+            options.source, n_gpu_layers=n_gpu_layers, tensor_split=options.tensor_split, cpu_only=cpu_only
+        )
         self.embedder: Embedder | None = None
+        engine: Engine | None = None
         try:
             choice = options.chat_template
             if choice.source == "gguf" and not self.model.chat_template():
@@ -123,7 +129,7 @@ class Backend:
                 self.model, choice, jinja=options.jinja, template_kwargs=options.template_kwargs
             )
             n_ctx = _context_size(options, self.model.n_ctx_train)
-            self.engine = Engine(
+            engine = Engine(
                 self.model,
                 n_ctx=n_ctx,
                 n_parallel=options.parallel,
@@ -136,7 +142,10 @@ class Backend:
                 self.embedder = Embedder(
                     self.model, _embedding_ctx(self.model, n_ctx), n_threads=options.threads
                 )
+            self.engine = engine
         except BaseException:
+            if engine is not None:
+                engine.close()
             self.model.close()
             raise
 
@@ -258,7 +267,11 @@ def _gpu_layers(options: BackendOptions, choice: gpu.GpuChoice, warnings: list[s
     from llamapack.runtime.llama import offload
     from llamapack.runtime.llama.devices import devices
 
-    free = [device.memory_free for device in devices() if device.type in OFFLOAD_TYPES]
+    # llama.cpp leaves integrated GPUs out when there is a discrete one (llama.cpp's
+    # default device list), so their memory does not count then.
+    gpus = [device for device in devices() if device.type in OFFLOAD_TYPES]
+    kinds = {device.type for device in gpus}
+    free = [device.memory_free for device in gpus if device.type == "GPU" or kinds == {"IGPU"}]
     try:
         shape = offload.read_shape(options.source.path, options.source.offset)
     except (OSError, GGUFError) as exc:

@@ -295,7 +295,7 @@ def _main(user_args: list[str]) -> int:
     args = build_parser().parse_args(merge_args(built_in, user_args))
     if args.version:
         print(version_text(layout))
-        print(gpu_text(args.gpu))
+        print(gpu_text(args.gpu, no_gpu=args.n_gpu_layers == 0))
         if args.rpc:
             print(_rpc_devices_text(_rpc_endpoints(args)))
         return 0
@@ -412,16 +412,18 @@ def _tensor_split(args: argparse.Namespace) -> tuple[float, ...]:
     return shares
 
 
-def gpu_text(requested: str) -> str:
+def gpu_text(requested: str, no_gpu: bool = False) -> str:
     """--version's GPU lines: each GPU the backend --gpu picks would use, or why none."""
     from llamapack.runtime.llama import gpu
     from llamapack.runtime.llama.devices import OFFLOAD_TYPES, devices
     from llamapack.runtime.llama.model import init_backend
 
-    init_backend()
+    if requested == "auto" and no_gpu:
+        return "GPU: none (-ngl 0)"
     try:
+        init_backend()
         choice = gpu.choose(requested, gpu.probe)
-    except gpu.GpuError as exc:
+    except Exception as exc:  # --version says what it can: a GPU that fails is a line, not a crash
         return f"GPU: none ({exc})"
     found = [device for device in devices() if device.type in OFFLOAD_TYPES]
     if choice.backend is None or not found:

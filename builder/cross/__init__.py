@@ -46,7 +46,10 @@ def cross_stub_path(target: str) -> Path:
         choices = ", ".join(CROSS_TARGETS)
         raise UsageError(f"cannot build the runtime for {target!r} here; choose one of {choices}")
     recipe = [Path(__file__), _module_file(target)]
-    recipe.append(Path(__file__).parent.parent / "gpu.py")  # each stub carries the Vulkan backend
+    from .. import gpu
+
+    if gpu.wanted():  # each stub carries the Vulkan backend; a CPU-only one has a key of its own
+        recipe.append(Path(gpu.__file__))
     digest = sources_digest([path for path in recipe if path.is_file()])
     key = f"{__version__}-llama-cpp-python-{llama_cpp_version()}-{target}-{digest}"
     suffix = ".exe" if target.startswith("windows") else ""

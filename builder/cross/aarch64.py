@@ -360,7 +360,7 @@ def build_stub(destination: Path, log: Log | None = None) -> Path:
     libs = ensure_libs(say)
     from .. import gpu
 
-    backends = [gpu.ensure_vulkan(say, TARGET)]
+    backends = [gpu.ensure_vulkan(say, TARGET)] if gpu.wanted() else []
     _pyinstaller(root, libs, backends, destination, say)
     _timed(say, f"runtime stub built ({destination.stat().st_size / 1e6:.1f} MB)", started)
     return destination

@@ -115,7 +115,7 @@ def build_stub(destination: Path, log: Log | None = None) -> Path:
     python = _python(downloads, say)
     from .. import gpu
 
-    backends = [gpu.ensure_vulkan(say, "windows-x86_64")]
+    backends = [gpu.ensure_vulkan(say, "windows-x86_64")] if gpu.wanted() else []
     say("Running PyInstaller under Wine...")
     started = time.perf_counter()
     with stub_workspace(destination) as work_dir:

@@ -13,6 +13,7 @@ import threading
 
 import llama_cpp.llama_cpp as llama
 
+from llamapack.runtime.engine.context import ContextError
 from llamapack.runtime.engine.events import RequestError
 from llamapack.runtime.llama.model import Model
 
@@ -36,7 +37,7 @@ class Embedder:
             params.pooling_type = llama.LLAMA_POOLING_TYPE_MEAN
             self.ctx = llama.llama_init_from_model(model.pointer, params)
         if not self.ctx:
-            raise RuntimeError("llama.cpp could not create the embeddings context")
+            raise ContextError("llama.cpp could not create the embeddings context")
         self.n_ctx = llama.llama_n_ctx(self.ctx)
         self.n_embd = llama.llama_model_n_embd(model.pointer)
         self.memory = llama.llama_get_memory(self.ctx)

@@ -22,7 +22,7 @@ from llamapack.runtime.llama.gpu import GpuChoice
 
 GIB = 1 << 30
 # enum ggml_backend_dev_type (ggml-backend.h), in order
-DEVICE_TYPES = ("CPU", "GPU", "IGPU", "ACCEL")
+DEVICE_TYPES = ("CPU", "GPU", "IGPU", "ACCEL", "META")
 # Devices llama.cpp offloads layers to (llama_model_load: GPU, else an integrated GPU).
 OFFLOAD_TYPES = ("GPU", "IGPU")
 # ggml's CPU feature names, best first, and how people call them.

@@ -88,9 +88,6 @@ class GpuChoice:
     backend: str | None = None
     reason: str = ""
 
-    def summary(self) -> str:
-        return NAMES[self.backend] if self.backend else f"no GPU ({self.reason})"
-
     def as_dict(self) -> dict[str, object]:
         return {"requested": self.requested, "backend": self.backend, "reason": self.reason or None}
 
@@ -182,7 +179,10 @@ def unpack(backend: PackedBackend, packed_dir: Path, cache: Path) -> Path:
     target = cache / UNPACKED_DIR / backend.sha256[:16] / backend.library
     if target.is_file() and _sha256(target) == backend.sha256:
         return target
-    data = lzma.decompress((packed_dir / (backend.library + ".xz")).read_bytes())
+    try:
+        data = lzma.decompress((packed_dir / (backend.library + ".xz")).read_bytes())
+    except (lzma.LZMAError, EOFError):
+        data = b""
     if len(data) != backend.size or hashlib.sha256(data).hexdigest() != backend.sha256:
         raise OSError(f"{backend.library}.xz in this file is damaged")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -209,13 +209,13 @@ def packed_backends(packed_dir: Path) -> dict[str, PackedBackend]:
 
     try:
         index = json.loads((packed_dir / PACKED_INDEX).read_text())
-    except (OSError, ValueError):
+        return {name: PackedBackend.from_json(name, value) for name, value in index.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or not one the builder wrote
         return {}
-    return {name: PackedBackend.from_json(name, value) for name, value in index.items()}
 
 
 def cache_root() -> Path:
-    """The per-user cache folder (the builder's too: LLAMAPACK_CACHE moves both)."""
+    """The per-user cache folder (LLAMAPACK_CACHE moves it, and the builder's)."""
     override = os.environ.get("LLAMAPACK_CACHE")
     if override:
         return Path(override)

@@ -159,6 +159,7 @@ class Model:
         n_gpu_layers: int = 0,
         vocab_only: bool = False,
         tensor_split: tuple[float, ...] = (),
+        cpu_only: bool = False,
     ):
         params = llama.llama_model_default_params()
         # Map the weights in place (zero copy). A vocab-only load reads no
@@ -171,6 +172,9 @@ class Model:
         if tensor_split:
             shares = (ctypes.c_float * llama.llama_max_devices())(*tensor_split[: llama.llama_max_devices()])
             params.tensor_split = shares  # read during the load only
+        no_devices = (ctypes.c_void_p * 1)()  # an empty NULL-terminated list: the CPU alone
+        if cpu_only:
+            params.devices = ctypes.cast(no_devices, ctypes.c_void_p)
         self._file = _CFile(source)
         if _log is not None:
             _log.first_error = ""

@@ -1,7 +1,8 @@
 """How many layers go to the GPU when -ngl is not given: as many as fit.
 
-llama.cpp offloads the last `ngl` repeating layers, and with ngl = n_layer + 1
-the output layer too. Each offloaded layer costs its weights plus its share of
+llama.cpp gives the GPU the output layer first and then the repeating layers from
+the last one down: `-ngl k` places the output layer and the last k - 1 layers
+(llama-model.cpp, i_gpu_start). Each offloaded layer costs its weights plus its share of
 the KV cache (f16 keys and values for every context token); the GPU also needs a
 compute buffer, and the driver and the desktop want room of their own. The
 estimate is made from the GGUF's tensor table before anything is loaded, and
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamapack.runtime.fileformat.gguf import Header, Tensor, read_header_from_stream
+from llamapack.runtime.fileformat.gguf import GGUFError, Header, Tensor, read_header_from_stream
 
 MARGIN = 1 << 30  # bytes left free per device (llama.cpp's --fit default target)
 KV_BYTES = 2  # f16 keys and values, llama.cpp's default cache type
 N_UBATCH = 512  # the engine's micro-batch (runtime/engine/context.py)
+GGML_TYPE_COUNT = 43  # enum ggml_type of the pinned llama.cpp (ggml.h): raise it with the pin
 
 
 @dataclass(frozen=True)
@@ -41,17 +43,20 @@ class ModelShape:
 
 
 def fit_layers(shape: ModelShape, free: Sequence[int], n_ctx: int, margin: int = MARGIN) -> int:
-    """The -ngl that fits in the GPUs' free memory (`free`: bytes per device):
-    0 to shape.n_layer, or shape.n_layer + 1 when the output layer fits too."""
+    """The -ngl that fits in the GPUs' free memory (`free`: bytes per device): 0 when
+    not even the output layer fits, else 1 (the output layer) plus the repeating
+    layers that fit, up to shape.n_layer + 1."""
     budget = sum(max(0, device - margin) for device in free) - compute_bytes(shape, n_ctx)
-    used = layers = 0
+    used = output_cost(shape)
+    if used > budget:
+        return 0
+    layers = 1
     for index in reversed(range(shape.n_layer)):
-        cost = shape.layer_bytes[index] + shape.kv_bytes_per_token[index] * n_ctx
-        if used + cost > budget:
-            return layers
-        used += cost
+        used += shape.layer_bytes[index] + shape.kv_bytes_per_token[index] * n_ctx
+        if used > budget:
+            break
         layers += 1
-    return layers + 1 if used + output_cost(shape) <= budget else layers
+    return layers
 
 
 def compute_bytes(shape: ModelShape, n_ctx: int) -> int:
@@ -68,6 +73,8 @@ def output_cost(shape: ModelShape) -> int:
 def model_shape(header: Header, tensor_bytes: Callable[[Tensor], int]) -> ModelShape:
     """The costs of a GGUF's layers; `tensor_bytes` sizes a tensor (ggml's type sizes)."""
     n_layer = _int(header.arch_value("block_count"))
+    if n_layer <= 0:
+        raise GGUFError(f"the GGUF says nothing of its layers ({header.architecture}.block_count)")
     layers = [0] * n_layer
     sizes: dict[str, int] = {}
     for tensor in header.tensors:
@@ -97,16 +104,19 @@ def model_shape(header: Header, tensor_bytes: Callable[[Tensor], int]) -> ModelS
 
 
 def _int(value: Any) -> int:
-    if isinstance(value, list):
-        return max((int(item) for item in value), default=0)
-    return int(value) if value is not None else 0
+    try:
+        if isinstance(value, list):
+            return max((int(item) for item in value), default=0)
+        return int(value) if value is not None else 0
+    except (TypeError, ValueError):
+        raise GGUFError(f"a hyperparameter is not a number: {value!r:.40}") from None
 
 
 def _ints(value: Any, count: int) -> list[int]:
     """A per-layer hyperparameter: one number for every layer, or a list of them."""
     if isinstance(value, list):
-        return [int(item) for item in value[:count]] + [0] * (count - len(value))
-    return [int(value or 0)] * count
+        return [_int(item) for item in value[:count]] + [0] * (count - len(value))
+    return [_int(value)] * count
 
 
 def read_shape(path: Path, offset: int) -> ModelShape:
@@ -116,6 +126,9 @@ def read_shape(path: Path, offset: int) -> ModelShape:
     api = ggml()
 
     def tensor_bytes(tensor: Tensor) -> int:
+        # ggml checks the type only with assert, which a release build leaves out.
+        if not 0 <= tensor.type < GGML_TYPE_COUNT:
+            raise GGUFError(f"tensor {tensor.name} has a type this llama.cpp does not know ({tensor.type})")
         block = int(api.ggml_blck_size(tensor.type)) or 1
         return tensor.n_elements // block * int(api.ggml_type_size(tensor.type))
 

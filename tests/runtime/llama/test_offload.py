@@ -35,10 +35,12 @@ def shape(layers: int = 10, layer: int = 100 * MIB, output: int = 50 * MIB, kv: 
     )
 
 
-def budget_for(model: ModelShape, n_ctx: int, layers: int, output: bool = False) -> int:
-    """The free memory on one device that holds exactly the last `layers` layers."""
-    needed = sum(model.layer_bytes[-layers:]) + layers * model.kv_bytes_per_token[0] * n_ctx if layers else 0
-    return MARGIN + compute_bytes(model, n_ctx) + needed + (output_cost(model) if output else 0)
+def budget_for(model: ModelShape, n_ctx: int, ngl: int) -> int:
+    """The free memory on one device that holds exactly what `-ngl ngl` places there:
+    the output layer, then the last ngl - 1 repeating layers."""
+    layers = ngl - 1
+    needed = sum(model.layer_bytes[model.n_layer - layers :]) + layers * model.kv_bytes_per_token[0] * n_ctx
+    return MARGIN + compute_bytes(model, n_ctx) + output_cost(model) + needed
 
 
 def test_everything_fits_on_a_big_gpu():
@@ -50,32 +52,32 @@ def test_no_gpu_memory_no_layers():
     assert fit_layers(shape(), [512 * MIB], n_ctx=4096) == 0  # less than the margin
 
 
-@pytest.mark.parametrize("layers", [1, 4, 9])
-def test_too_little_memory_takes_as_many_layers_as_fit(layers):
+@pytest.mark.parametrize("ngl", [2, 5, 10, 11])
+def test_too_little_memory_takes_as_many_layers_as_fit(ngl):
     model = shape()
-    free = budget_for(model, 4096, layers)
-    assert fit_layers(model, [free], n_ctx=4096) == layers
-    assert fit_layers(model, [free - 1], n_ctx=4096) == layers - 1
+    free = budget_for(model, 4096, ngl)
+    assert fit_layers(model, [free], n_ctx=4096) == ngl
+    assert fit_layers(model, [free - 1], n_ctx=4096) == ngl - 1
 
 
-def test_the_output_layer_goes_last():
-    model = shape()
-    all_layers = budget_for(model, 4096, 10)
-    assert fit_layers(model, [all_layers], n_ctx=4096) == 10
-    assert fit_layers(model, [all_layers + model.output_bytes], n_ctx=4096) == 10  # logits too
-    assert fit_layers(model, [all_layers + output_cost(model)], n_ctx=4096) == 11
+def test_the_output_layer_goes_first_as_llama_cpp_places_it():
+    model = shape(output=300 * MIB)
+    just_output = budget_for(model, 4096, 1)
+    assert fit_layers(model, [just_output], n_ctx=4096) == 1  # -ngl 1: the output layer alone
+    assert fit_layers(model, [just_output - 1], n_ctx=4096) == 0
+    assert fit_layers(model, [just_output - model.output_bytes + model.layer_bytes[-1]], n_ctx=4096) == 0
 
 
 def test_a_longer_context_leaves_room_for_fewer_layers():
     model = shape(kv=64 * 1024)
-    free = budget_for(model, 4096, 10, output=True)
+    free = budget_for(model, 4096, 11)
     assert fit_layers(model, [free], n_ctx=4096) == 11
     assert fit_layers(model, [free], n_ctx=16384) < 11
 
 
 def test_each_device_keeps_its_margin():
     model = shape()
-    one = budget_for(model, 4096, 10, output=True)
+    one = budget_for(model, 4096, 11)
     assert fit_layers(model, [one], n_ctx=4096) == 11
     assert fit_layers(model, [one // 2, one - one // 2], n_ctx=4096) < 11  # two margins now
     assert fit_layers(model, [one, MARGIN + 1], n_ctx=4096) == 11
@@ -136,3 +138,14 @@ def test_read_shape_sizes_with_ggml_inside_a_bigger_file(tmp_path, gemma_gguf):
     assert model.n_layer == 18 and model.output_bytes > 0
     header = read_header(gemma_gguf)
     assert sum(model.layer_bytes) + model.output_bytes <= header.data_end - header.data_offset
+
+
+def test_a_gguf_without_layers_or_with_odd_numbers_is_a_gguf_error():
+    from llamapack.runtime.fileformat.gguf import GGUFError, Header
+
+    no_layers = Header(version=3, metadata={"general.architecture": "llama"}, tensors=[], data_offset=0)
+    with pytest.raises(GGUFError, match="block_count"):
+        model_shape(no_layers, tensor_bytes)
+    odd = Header(3, {"general.architecture": "llama", "llama.block_count": "many"}, [], 0)
+    with pytest.raises(GGUFError, match="not a number"):
+        model_shape(odd, tensor_bytes)
