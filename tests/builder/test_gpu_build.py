@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import lzma
+import os
 import platform
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +44,85 @@ def test_opting_out_builds_a_cpu_only_stub_under_its_own_key(monkeypatch):
         assert stub.stub_key() != with_gpu
     finally:
         stub.stub_key.cache_clear()
+
+
+# ------------------------------------------------------------ the signed index
+
+
+def _release(suite: str, packages_sha256: str) -> str:
+    return (
+        f"Origin: Debian\nSuite: stable\nCodename: {suite}\nSHA256:\n"
+        f" {packages_sha256} 123 main/binary-amd64/Packages.xz\n"
+    )
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """A stand-in for Debian's mirror: a throwaway archive key, files served from a dict."""
+    if shutil.which("gpg") is None or shutil.which("gpgv") is None:
+        pytest.fail("gpg and gpgv are needed (Debian: gpg, gpgv)")
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
+    key = ["--quick-gen-key", "Test Archive <archive@example.org>", "ed25519", "sign", "never"]
+    subprocess.run([*gpg, *key], check=True, env=env, capture_output=True)
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(subprocess.run([*gpg, "--export"], check=True, env=env, capture_output=True).stdout)
+    monkeypatch.setattr(gpu, "KEYRING", keyring)
+    files: dict[str, bytes] = {}
+
+    def serve(url: str, path: Path, sha256: str | None) -> None:
+        data = files[url.removeprefix(gpu.MIRROR + "/")]
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise RuntimeStubError(f"{url}: SHA-256 does not match the signed index")
+        path.write_bytes(data)
+
+    monkeypatch.setattr(gpu, "_download", serve)
+
+    def sign(text: str) -> bytes:
+        return subprocess.run([*gpg, "--clearsign"], input=text.encode(), check=True, env=env,
+                              capture_output=True).stdout  # fmt: skip
+
+    return files, sign
+
+
+def fresh(tmp_path: Path, name: str) -> Path:
+    """A work folder of its own, as each real fetch gets."""
+    folder = tmp_path / name
+    folder.mkdir()
+    return folder
+
+
+def _packages(version: str) -> bytes:
+    stanzas = [
+        f"Package: {name}\nArchitecture: amd64\nVersion: {version}\nFilename: pool/{name}.deb\nSHA256: 00\n"
+        for name in gpu.TOOLCHAIN_PACKAGES
+    ]
+    return lzma.compress("\n".join(stanzas).encode())
+
+
+def test_only_what_the_archive_key_signed_is_believed(mirror, tmp_path):
+    files, sign = mirror
+    genuine, forged = _packages("1.0"), _packages("6.6.6-evil")
+    files["dists/trixie/main/binary-amd64/Packages.xz"] = genuine
+    signed = sign(_release("trixie", hashlib.sha256(genuine).hexdigest()))
+    # Text after the signature passes gpgv too: a forged hash there must not be read.
+    files["dists/trixie/InRelease"] = signed + _release("trixie", hashlib.sha256(forged).hexdigest()).encode()
+    index = gpu._signed_packages_index(fresh(tmp_path, "first"))
+    assert index["glslc"]["Version"] == "1.0"
+    files["dists/trixie/main/binary-amd64/Packages.xz"] = forged
+    with pytest.raises(RuntimeStubError, match="SHA-256"):
+        gpu._signed_packages_index(fresh(tmp_path, "second"))
+
+
+def test_a_release_file_for_another_suite_or_unsigned_is_refused(mirror, tmp_path):
+    files, sign = mirror
+    packages = _packages("1.0")
+    files["dists/trixie/main/binary-amd64/Packages.xz"] = packages
+    files["dists/trixie/InRelease"] = sign(_release("bookworm", hashlib.sha256(packages).hexdigest()))
+    with pytest.raises(RuntimeStubError, match="not Debian trixie's"):
+        gpu._signed_packages_index(fresh(tmp_path, "first"))
+    files["dists/trixie/InRelease"] = _release("trixie", hashlib.sha256(packages).hexdigest()).encode()
+    with pytest.raises(RuntimeStubError, match=r"^gpgv \(Debian trixie InRelease\) failed"):
+        gpu._signed_packages_index(fresh(tmp_path, "second"))
