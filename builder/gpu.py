@@ -46,7 +46,7 @@ from .stub import run_logged as _run
 
 Log = Callable[[str], None]
 
-RECIPE = "r2"  # bump when a change below gives a different library
+RECIPE = "r3"  # bump when a change below gives a different library
 OPT_OUT = "LLAMAPACK_GPU_BACKENDS"
 TARGET = "ggml-vulkan"  # the one cmake target built  # bump when a change below gives a different library
 MIRROR = os.environ.get("LLAMAPACK_DEBIAN_MIRROR", "https://deb.debian.org/debian")
@@ -70,6 +70,9 @@ _CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release", "-DGGML_BACKEND_DL=ON", "-DGGML_NATIVE=OFF", "-DGGML_VULKAN=ON",
     "-DGGML_CPU=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
+    # No RUNPATH: cmake would point it at this build's folders and the toolchain's libraries
+    # (trixie's libvulkan.so.1), which must never be searched on a user's machine.
+    "-DCMAKE_SKIP_RPATH=ON",
 )  # fmt: skip
 
 
@@ -139,6 +142,9 @@ def ensure_vulkan(log: Log, target: str = "linux-x86_64") -> Path:
             [
                 "cmake", "-S", str(source), "-B", str(build), "-G", "Ninja", *_CMAKE_OPTIONS, *target_options,
                 f"-DVulkan_GLSLC_EXECUTABLE={toolchain / 'glslc'}", f"-DVulkan_INCLUDE_DIR={headers}",
+                # The scratch folder's name out of assert messages: the same library every build.
+                f"-DCMAKE_C_FLAGS=-ffile-prefix-map={work}=/llamapack",
+                f"-DCMAKE_CXX_FLAGS=-ffile-prefix-map={work}=/llamapack",
                 f"-DVulkan_LIBRARY={loader}",
                 f"-DSPIRV-Headers_DIR={toolchain / 'root' / 'usr' / 'share' / 'cmake' / 'SPIRV-Headers'}",
             ],

@@ -131,6 +131,20 @@ def test_version_names_the_gpu(gemma_file, cache):
     )
 
 
+def test_the_backend_library_names_no_folder_of_the_build_machine(gemma_file, cache):
+    """No RUNPATH (cmake's would send the user's dynamic linker to the builder's folders,
+    trixie's libvulkan among them) and no build path in its strings."""
+    assert run(gemma_file, "--version", cache=cache).returncode == 0
+    (library,) = (cache / "gpu-backends").glob("*/libggml-vulkan.so")
+    readelf = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True)
+    dynamic = readelf.stdout
+    assert "NEEDED" in dynamic and "libvulkan.so.1" in dynamic
+    assert "RUNPATH" not in dynamic and "RPATH" not in dynamic
+    data = library.read_bytes()
+    assert b"/llamapack/sdist/" in data  # assert messages name sources from the mapped prefix
+    assert str(Path.home()).encode() + b"/" not in data and b"/tmp/" not in data
+
+
 def test_the_backend_is_unpacked_once_per_user_and_checked(gemma_file, cache):
     assert run(gemma_file, "--version", cache=cache).returncode == 0
     (library,) = (cache / "gpu-backends").glob("*/libggml-vulkan.so")
