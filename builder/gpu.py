@@ -46,7 +46,7 @@ from .stub import run_logged as _run
 
 Log = Callable[[str], None]
 
-RECIPE = "r3"  # bump when a change below gives a different library
+RECIPE = "r4"  # bump when a change below gives a different library
 OPT_OUT = "LLAMAPACK_GPU_BACKENDS"
 TARGET = "ggml-vulkan"  # the one cmake target built  # bump when a change below gives a different library
 MIRROR = os.environ.get("LLAMAPACK_DEBIAN_MIRROR", "https://deb.debian.org/debian")
@@ -112,6 +112,7 @@ def ensure_vulkan(log: Log, target: str = "linux-x86_64") -> Path:
     _require_tools(("cmake", "ninja", "c++", *cross_tools))
     with _scratch(folder) as work:
         source = _llama_cpp_source(work, log_path)
+        explicit_infinities(source / "ggml" / "src" / "ggml-vulkan" / "vulkan-shaders")
         build = work / "build"
         headers = toolchain / "root" / "usr" / "include"
         if windows:
@@ -167,6 +168,31 @@ def ensure_vulkan(log: Log, target: str = "linux-x86_64") -> Path:
         f"Vulkan backend for {target}: {backend.size / 1e6:.1f} MB, {backend.packed_size / 1e6:.1f} MB packed"
     )
     return folder
+
+
+_DIVIDED_BY_ZERO = re.compile(r"(-\s*)?1\.0\s*/\s*0\.0")
+# A global const must have a constant initializer, which uintBitsToFloat is not: a macro then.
+_CONST_DIVIDED_BY_ZERO = re.compile(r"^const\s+float\s+(\w+)\s*=\s*(-\s*)?1\.0\s*/\s*0\.0\s*;", re.MULTILINE)
+_INFINITY = {False: "uintBitsToFloat(0x7F800000u)", True: "uintBitsToFloat(0xFF800000u)"}
+
+
+def explicit_infinities(shaders: Path) -> int:
+    """Write the shaders' `1.0 / 0.0` as the bits of infinity. glslc 2025.2 folds that
+    division to +inf in one build and to 0 in another (two builds of this recipe
+    differed in exactly that constant), and 0 breaks what starts from it: the minimum
+    search of copy_to_quant, topk_moe's masking. Returns how many were replaced."""
+    count = 0
+    for path in sorted(shaders.glob("*.comp")) + sorted(shaders.glob("*.glsl")):
+        text = path.read_text()
+        new, defined = _CONST_DIVIDED_BY_ZERO.subn(
+            lambda match: f"#define {match.group(1)} {_INFINITY[bool(match.group(2))]}", text
+        )
+        new, replaced = _DIVIDED_BY_ZERO.subn(lambda match: _INFINITY[bool(match.group(1))], new)
+        replaced += defined
+        if replaced:
+            path.write_text(new)
+            count += replaced
+    return count
 
 
 def _windows_import_library(work: Path, log_path: Path) -> Path:

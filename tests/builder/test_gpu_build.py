@@ -126,3 +126,17 @@ def test_a_release_file_for_another_suite_or_unsigned_is_refused(mirror, tmp_pat
     files["dists/trixie/InRelease"] = _release("trixie", hashlib.sha256(packages).hexdigest()).encode()
     with pytest.raises(RuntimeStubError, match=r"^gpgv \(Debian trixie InRelease\) failed"):
         gpu._signed_packages_index(fresh(tmp_path, "second"))
+
+
+def test_shader_infinities_are_written_as_bits_not_divisions(tmp_path):
+    shader = "const float INFINITY = 1.0 / 0.0;\nfloat m = -1.0/0.0;\nfloat h = 1.0 / 2.0;\n"
+    (tmp_path / "a.comp").write_text(shader)
+    (tmp_path / "b.glsl").write_text("float vmin = 1.0/0.0;\n")
+    (tmp_path / "c.txt").write_text("1.0/0.0\n")
+    assert gpu.explicit_infinities(tmp_path) == 3
+    assert (tmp_path / "a.comp").read_text() == (
+        "#define INFINITY uintBitsToFloat(0x7F800000u)\n"
+        "float m = uintBitsToFloat(0xFF800000u);\nfloat h = 1.0 / 2.0;\n"
+    )
+    assert (tmp_path / "b.glsl").read_text() == "float vmin = uintBitsToFloat(0x7F800000u);\n"
+    assert (tmp_path / "c.txt").read_text() == "1.0/0.0\n"
