@@ -84,7 +84,9 @@ def mirror(tmp_path, monkeypatch):
         return subprocess.run([*gpg, "--clearsign"], input=text.encode(), check=True, env=env,
                               capture_output=True).stdout  # fmt: skip
 
-    return files, sign
+    yield files, sign
+    # gpg started an agent for this home: it would outlive the test.
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False, capture_output=True)
 
 
 def fresh(tmp_path: Path, name: str) -> Path:
