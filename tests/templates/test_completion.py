@@ -125,7 +125,8 @@ def test_stop_ends_a_long_run_and_the_page_stays_usable(session: Session) -> Non
     expect(page.locator("#notebook-meta")).to_contain_text("stopped")
     expect(page.locator("#error")).to_be_hidden()
     stopped_at = editor.input_value()
-    assert stopped_at.startswith(PROMPT) and len(stopped_at) > len(PROMPT) + 20
+    # At least what was seen before Stop; Stop may land right after those 20 characters.
+    assert stopped_at.startswith(PROMPT) and len(stopped_at) >= len(PROMPT) + 20
     tokens = int(page.locator("#notebook-meta").inner_text().split()[0])
     assert tokens < 400
 
