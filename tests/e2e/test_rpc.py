@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +28,20 @@ class Worker:
     def __init__(self, path: Path, *args: str):
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
+        # Its own TMPDIR: a killed bootloader cannot remove its _MEI folder, kill() does.
+        self.tmp = tempfile.mkdtemp(prefix="llamapack-worker-")
         self.process = subprocess.Popen(
             [str(path), "--rpc-server", "--port", str(self.port), "-t", "1", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TMPDIR": self.tmp},
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 60) -> None:
         wait_rpc_worker(self.port, self.process, timeout)
+
+    def stop(self) -> None:
+        stop(self.process)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def kill(self) -> None:
         """A machine gone at once: the worker's Python (the bootloader's child, read
@@ -41,6 +50,7 @@ class Worker:
             os.kill(pid, signal.SIGKILL)
         self.process.kill()
         self.process.wait(30)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _children(pid: int) -> list[int]:
@@ -59,7 +69,7 @@ def workers(gemma_file: Path) -> Iterator[list[Worker]]:
         yield started
     finally:
         for worker in started:
-            stop(worker.process)
+            worker.stop()
 
 
 def rpc_flag(workers: list[Worker]) -> str:
@@ -129,7 +139,7 @@ def test_workers_offer_the_memory_mem_says_and_layers_follow_it(gemma_file):
         assert layers["RPC0"] > 2 * layers["RPC1"], engine  # 3:1 by memory
     finally:
         for worker in (big, small):
-            stop(worker.process)
+            worker.stop()
 
 
 def test_a_worker_lost_mid_stream_fails_the_request_and_health_says_why(gemma_file, workers):
@@ -202,4 +212,4 @@ def test_a_worker_off_loopback_warns_and_stops_on_sigterm(gemma_file):
         assert "no authentication or encryption" in err
         assert "Traceback" not in err
     finally:
-        stop(worker.process)
+        worker.stop()
