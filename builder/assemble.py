@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from llamapack.runtime import __version__
 from llamapack.runtime import fileformat as ff
@@ -39,6 +39,9 @@ from .source_cache import Fingerprint, Known, SourceCache
 from .sources import Source, check_vocabulary, check_vocabulary_at
 from .stub import StubInfo, cache_dir, llama_cpp_version, target_name
 from .targets import WINDOWS_MAX_FILE, exe_suffix
+
+if TYPE_CHECKING:
+    from .cuda import Payload
 
 _PLACEHOLDER_SHA256 = "0" * 64
 
@@ -113,8 +116,9 @@ def check_runtime_args(args: list[str]) -> None:
         raise UsageError(f"the built file would refuse these default arguments: {exc}") from None
 
 
-def build(source: Source, options: BuildOptions, stub: StubInfo) -> BuildResult:
-    """Write the file for a resolved source (see `sources.resolve`)."""
+def build(source: Source, options: BuildOptions, stub: StubInfo, gpu: Payload | None = None) -> BuildResult:
+    """Write the file for a resolved source (see `sources.resolve`), with the GPU
+    runtime `gpu` (see `gpu_payload`) when given."""
     chat_template = choose_chat_template(source.header, options.chat_template, options.chat_template_file)
     name = options.name or Path(source.file_name).stem
     args = default_args(options, name)
@@ -123,7 +127,23 @@ def build(source: Source, options: BuildOptions, stub: StubInfo) -> BuildResult:
     ui_mode = choose_ui_mode(source.header, chat_template, source.file_name, options.ui_mode)
     manifest = _manifest(name, source, chat_template, ui_mode, options)
     beside = model_beside(output, options.target, len(stub_data), source.size)
-    return write_file(source, output, manifest, args, stub_data, stub.path, beside=beside)
+    return write_file(source, output, manifest, args, stub_data, stub.path, beside=beside, gpu=gpu)
+
+
+def gpu_payload(gpu_runtime: str | None, target: str, log: Callable[[str], None]) -> Payload | None:
+    """The GPU runtime --gpu-runtime adds (built and cached the first time)."""
+    if gpu_runtime is None:
+        return None
+    if gpu_runtime != "cuda":
+        raise UsageError(f"--gpu-runtime {gpu_runtime}: the only one is cuda")
+    if target != "linux-x86_64":
+        raise UsageError(
+            f"--gpu-runtime cuda is for linux-x86_64 files, not {target} "
+            "(the others use the Vulkan or Metal backend they carry)"
+        )
+    from . import cuda
+
+    return cuda.payload(log)
 
 
 def model_beside(output: Path, target: str, stub_size: int, model_size: int) -> Path | None:
@@ -143,12 +163,14 @@ def write_file(
     expected_sha256: str | None = None,
     beside: Path | None = None,
     check_model: bool = True,
+    gpu: Payload | None = None,
 ) -> BuildResult:
     """Lay out stub, model, manifest and `.args`; the stub's hash and the model's
     sha256 and offset (and file beside, with `beside`) are filled into the manifest
     here. With `expected_sha256`, a copy whose hash differs is discarded instead of
     kept. With `beside`, the model is written to that path and the executable holds
-    only the manifest and `.args`.
+    only the manifest and `.args`. With `gpu`, the GPU runtime's members follow the
+    model and the manifest lists them.
 
     llama.cpp's vocabulary check of the source runs alongside the copy (it takes
     about as long as copying a GiB); the copy stops as soon as it fails, and
@@ -158,6 +180,9 @@ def write_file(
     args_bytes = _encode_args(args)
     stub_layout = _split_stub(stub_data, stub_path)
     manifest = replace(manifest, engine=replace(manifest.engine, stub_sha256=_sha256(stub_data)))
+    if gpu is not None and beside is not None:
+        raise UsageError("--gpu-runtime: this file keeps its model beside it, and no GPU runtime fits either")
+    manifest = replace(manifest, gpu_runtime=gpu.record if gpu else None)
     fingerprint = _fingerprint(source)
     known, record = _known_about(fingerprint, trust=expected_sha256 is None)
     loads = check_model and llama_cpp_version() not in known.loads_with
@@ -167,7 +192,7 @@ def write_file(
         if beside is not None:
             result = _write_with_model_beside(copy, output, manifest, args_bytes, stub_layout, beside)
         else:
-            result = _write(copy, output, manifest, args_bytes, stub_layout)
+            result = _write(copy, output, manifest, args_bytes, stub_layout, gpu)
     record(copy.digests, loads_checked=check_model)
     return result
 
@@ -247,14 +272,20 @@ def _known_about(fingerprint: Fingerprint | None, trust: bool) -> tuple[Known, C
 
 
 def _write(
-    copy: _ModelCopy, output: Path, manifest: Manifest, args_bytes: bytes, stub_layout: ff.Stub
+    copy: _ModelCopy,
+    output: Path,
+    manifest: Manifest,
+    args_bytes: bytes,
+    stub_layout: ff.Stub,
+    gpu: Payload | None = None,
 ) -> BuildResult:
     source = copy.source
-    model_member = ff.place_model(stub_layout, source.file_name, source.size)
+    entries = gpu.entries if gpu else ()
+    model_member = ff.place_model(stub_layout, source.file_name, source.size, ff.payload_size(entries))
     # The manifest holds the model's hash, known only after the copy; a
     # placeholder of the same length fixes every offset before writing starts.
     placeholder = manifest.with_model_placed(_PLACEHOLDER_SHA256, model_member.data_at)
-    plan = ff.plan_file(stub_layout, model_member, len(placeholder.encode()), len(args_bytes))
+    plan = ff.plan_file(stub_layout, model_member, len(placeholder.encode()), len(args_bytes), entries)
 
     def check_copy(temp: Path) -> None:
         copy.check(ModelSource(temp, model_member.data_at))
@@ -262,9 +293,23 @@ def _write(
     with atomic_output(output, check_copy) as target:
         plan.write_head(target)
         digests = copy.into(target)
+        if gpu is not None:
+            _write_gpu_payload(plan, target, gpu)
         manifest = manifest.with_model_placed(digests.sha256, model_member.data_at)
         plan.write_tail(target, manifest.encode(), args_bytes, model_crc=digests.crc32)
     return BuildResult(output, manifest, source.header, output.stat().st_size)
+
+
+def _write_gpu_payload(plan: ff.Plan, target: BinaryIO, gpu: Payload) -> None:
+    with contextlib.ExitStack() as stack:
+        try:
+            sources = [stack.enter_context(path.open("rb")) for path in gpu.files]
+        except OSError as exc:
+            raise RuntimeStubError(f"cannot read the cached GPU runtime: {exc}") from None
+        try:
+            plan.write_payload(target, sources)
+        except ValueError as exc:
+            raise RuntimeStubError(f"the cached GPU runtime changed: {exc}") from None
 
 
 def _write_with_model_beside(

@@ -125,6 +125,11 @@ def _template_file(path: Path | None) -> TemplateFile | None:
     "--target", type=click.Choice(list(TARGETS)), default=None,
     help="System the file is for (default: this one). Needs that system's runtime stub.",
 )  # fmt: skip
+@click.option(
+    "--gpu-runtime", type=click.Choice(["cuda"]), default=None,
+    help="Add NVIDIA's CUDA runtime to the file (linux-x86_64; about 600 MB more, built once). "
+    "Every file already has Vulkan, which also runs NVIDIA GPUs.",
+)  # fmt: skip
 @_runtime_option
 @_quiet_option
 @_domain_errors
@@ -142,6 +147,7 @@ def build(
     ui_mode: str | None,
     raw_args: str | None,
     target: str | None,
+    gpu_runtime: str | None,
     runtime: Path | None,
 ) -> None:
     """Build one executable from the GGUF model SOURCE.
@@ -159,10 +165,11 @@ def build(
       llamapack build hf://ggml-org/gemma-3-270m-GGUF --quant Q4_K_M
       llamapack build models.zip --member phi-3-mini-q4.gguf
       llamapack build model.gguf --chat-template-file qwen3.jinja
+      llamapack build model.gguf --gpu-runtime cuda
     """
     import shlex
 
-    from .assemble import BuildOptions
+    from .assemble import BuildOptions, gpu_payload
     from .assemble import build as build_file
     from .sources import resolve
     from .stub import target_name
@@ -173,6 +180,7 @@ def build(
     resolved = resolve(source, member, quant)  # fail fast, before a possible stub build
     if runtime is None and target == target_name() and not _stub_cached():
         _echo("Building the runtime stub once (PyInstaller, about a minute)...")
+    gpu = gpu_payload(gpu_runtime, target, _echo)
     stub = stub_for(target, runtime)
     try:
         extra_args = shlex.split(raw_args) if raw_args else []
@@ -190,7 +198,7 @@ def build(
         extra_args=extra_args,
         target=target,
     )
-    result = build_file(resolved, options, stub)
+    result = build_file(resolved, options, stub, gpu)
     elapsed = time.perf_counter() - started
     _echo(f"Built {result.output} ({_size(result.size)}, {target}) in {elapsed:.1f} s")
     if result.model_beside is not None:
@@ -258,6 +266,11 @@ def inspect(file: Path, as_json: bool) -> None:
     llama_cpp_text = f", {llama_cpp.summary()}" if llama_cpp else ""
     click.echo(f"  engine:        llamapack {engine.llamapack}, llama-cpp-python "
                f"{engine.llama_cpp_python}{llama_cpp_text}, {engine.target}")  # fmt: skip
+    if manifest.gpu_runtime is not None:
+        libraries = manifest.gpu_runtime.libraries
+        names = ", ".join(library.file for library in libraries)
+        unpacked = _size(sum(library.size for library in libraries))
+        click.echo(f"  gpu runtime:   {manifest.gpu_runtime.backend} ({names}; {unpacked} unpacked)")
     click.echo(f"  defaults:      {' '.join(layout.args)}")
     click.echo(f"  upgrade:       {report.upgrade}")
 
@@ -267,7 +280,8 @@ def inspect(file: Path, as_json: bool) -> None:
 @_quiet_option
 @_domain_errors
 def verify(file: Path) -> None:
-    """Re-hash the weights inside FILE and compare them with its manifest.
+    """Re-hash the weights inside FILE (and a GPU runtime's libraries) and
+    compare them with its manifest.
 
     Exits with status 1 when the weights differ from what was built.
 
@@ -318,7 +332,8 @@ def upgrade(file: Path, output: Path | None, runtime: Path | None) -> None:
 
     The weights stay byte for byte, and so do the default arguments and the
     manifest's description of the model; the engine (llamapack, llama.cpp)
-    is replaced. Refused when the new engine cannot load the model.
+    is replaced (a CUDA runtime added with --gpu-runtime too). Refused when
+    the new engine cannot load the model.
 
     \b
     Examples:
@@ -332,7 +347,7 @@ def upgrade(file: Path, output: Path | None, runtime: Path | None) -> None:
     started = time.perf_counter()
     before = open_layout(file).manifest.engine
     stub = stub_for(before.target, runtime)
-    result = upgrade_file(file, output, stub)
+    result = upgrade_file(file, output, stub, _echo)
     after = result.manifest.engine
     _echo(
         f"Upgraded {result.output} in {time.perf_counter() - started:.1f} s: "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import lzma
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,7 @@ def hash_model(file: Path, layout: ff.Layout) -> str:
 
 
 def verify_file(file: Path) -> str:
+    """The weights' sha256, checked against the manifest (and a GPU runtime's libraries too)."""
     layout = open_layout(file)
     expected = layout.manifest.model.sha256
     actual = hash_model(file, layout)
@@ -111,7 +114,27 @@ def verify_file(file: Path) -> str:
             f"MISMATCH: the weights in {file} hash to {actual}, but the manifest says {expected}; "
             "the file is damaged: download or copy it again"
         )
+    if layout.manifest.gpu_runtime is not None:
+        for library in layout.manifest.gpu_runtime.libraries:
+            if _unpacked_sha256(file, library.member) != library.sha256:
+                raise VerifyError(
+                    f"MISMATCH: {library.member} in {file} is not the library it was built with; "
+                    "the file is damaged: download or copy it again"
+                )
     return actual
+
+
+def _unpacked_sha256(file: Path, member: str) -> str | None:
+    """The sha256 of an xz member's contents, or None when it does not decompress."""
+    digest = hashlib.sha256()
+    decompressor = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+    try:
+        with zipfile.ZipFile(file) as archive, archive.open(member) as packed:
+            while chunk := packed.read(_CHUNK):
+                digest.update(decompressor.decompress(chunk))
+    except (KeyError, OSError, lzma.LZMAError, zipfile.BadZipFile):
+        return None
+    return digest.hexdigest() if decompressor.eof else None
 
 
 def unpack_file(file: Path, output: Path | None, force: bool) -> Path:

@@ -8,12 +8,13 @@ manifest field describing the model, and swaps the engine around them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from llamapack.runtime.fileformat import ModelSource
 
-from .assemble import BuildResult, engine_info, read_stub, write_file
+from .assemble import BuildResult, engine_info, gpu_payload, read_stub, write_file
 from .errors import OutputError
 from .gguf_header import read_header_from_stream
 from .provenance import open_layout
@@ -21,7 +22,9 @@ from .sources import Source
 from .stub import StubInfo
 
 
-def upgrade(file: Path, output: Path | None, stub: StubInfo) -> BuildResult:
+def upgrade(file: Path, output: Path | None, stub: StubInfo, log: Callable[[str], None]) -> BuildResult:
+    """`file` with `stub`'s engine; a GPU runtime it carries (--gpu-runtime) is
+    replaced by this llamapack's, which matches the new engine."""
     layout = open_layout(file)
     destination = output or file
     if destination.is_dir():
@@ -46,7 +49,10 @@ def upgrade(file: Path, output: Path | None, stub: StubInfo) -> BuildResult:
     )
     # write_file checks that the new engine knows this model (a vocab-only load),
     # and fills in the stub's hash and the model's place anew.
-    manifest = replace(layout.manifest, engine=engine_info(layout.manifest.engine.target))
+    target = layout.manifest.engine.target
+    manifest = replace(layout.manifest, engine=engine_info(target))
+    carried = layout.manifest.gpu_runtime
+    gpu = gpu_payload(carried.backend, target, log) if carried is not None else None
     return write_file(
         source,
         destination,
@@ -56,4 +62,5 @@ def upgrade(file: Path, output: Path | None, stub: StubInfo) -> BuildResult:
         stub.path,
         expected_sha256=layout.manifest.model.sha256,
         beside=destination.with_suffix(".gguf") if layout.external else None,
+        gpu=gpu,
     )

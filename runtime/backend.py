@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from llamapack.runtime.llama import gpu
 from llamapack.runtime.llama.chat_template import ChatFormatter, ChatTemplateError
 from llamapack.runtime.llama.cpu import cpu_backend
 from llamapack.runtime.llama.devices import OFFLOAD_TYPES, EngineReport, engine_report
+from llamapack.runtime.llama.gpu import FilePayload
 from llamapack.runtime.llama.model import Model, ModelLoadError, ModelSource, init_backend
 from llamapack.runtime.server.requests import BadRequest, Generation
 
@@ -40,6 +42,7 @@ class BackendOptions:
     threads: int | None = None
     n_gpu_layers: int | None = None  # None: as many as fit on the GPU (runtime/llama/offload.py)
     gpu: str = "auto"  # one of runtime/llama/gpu.CHOICES
+    gpu_payload: FilePayload | None = None  # a GPU runtime the built file carries (--gpu-runtime)
     verbose: bool = False
     max_queue: int = 64
     embedding: bool = False  # also serve /v1/embeddings (a second, small context)
@@ -251,7 +254,7 @@ def _choose_gpu(options: BackendOptions) -> gpu.GpuChoice:
     if options.n_gpu_layers == 0 and options.gpu == "auto":
         return gpu.GpuChoice("auto", reason="-ngl 0")
     try:
-        return gpu.choose(options.gpu, gpu.probe)
+        return gpu.choose(options.gpu, functools.partial(gpu.probe, payload=options.gpu_payload))
     except gpu.GpuError as exc:
         raise ModelLoadError(str(exc)) from None
 

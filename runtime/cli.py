@@ -28,6 +28,7 @@ from llamapack.runtime.fileformat import (
     read_layout,
 )
 from llamapack.runtime.llama.gpu import CHOICES as GPU_CHOICES
+from llamapack.runtime.llama.gpu import FilePayload
 
 if TYPE_CHECKING:  # loaded only when a model is: --help and --version stay fast
     import asyncio
@@ -295,7 +296,7 @@ def _main(user_args: list[str]) -> int:
     args = build_parser().parse_args(merge_args(built_in, user_args))
     if args.version:
         print(version_text(layout))
-        print(gpu_text(args.gpu, no_gpu=args.n_gpu_layers == 0))
+        print(gpu_text(args.gpu, no_gpu=args.n_gpu_layers == 0, payload=gpu_payload(layout)))
         if args.rpc:
             print(_rpc_devices_text(_rpc_endpoints(args)))
         return 0
@@ -412,8 +413,17 @@ def _tensor_split(args: argparse.Namespace) -> tuple[float, ...]:
     return shares
 
 
-def gpu_text(requested: str, no_gpu: bool = False) -> str:
+def gpu_payload(layout: Layout | None) -> FilePayload | None:
+    """The GPU runtime the file carries (`llamapack build --gpu-runtime`), if any."""
+    if layout is None or layout.manifest.gpu_runtime is None:
+        return None
+    return FilePayload(layout.path, layout.manifest.gpu_runtime)
+
+
+def gpu_text(requested: str, no_gpu: bool = False, payload: FilePayload | None = None) -> str:
     """--version's GPU lines: each GPU the backend --gpu picks would use, or why none."""
+    import functools
+
     from llamapack.runtime.llama import gpu
     from llamapack.runtime.llama.devices import OFFLOAD_TYPES, devices
     from llamapack.runtime.llama.model import init_backend
@@ -422,7 +432,7 @@ def gpu_text(requested: str, no_gpu: bool = False) -> str:
         return "GPU: none (-ngl 0)"
     try:
         init_backend()
-        choice = gpu.choose(requested, gpu.probe)
+        choice = gpu.choose(requested, functools.partial(gpu.probe, payload=payload))
     except Exception as exc:  # --version says what it can: a GPU that fails is a line, not a crash
         return f"GPU: none ({exc})"
     found = [device for device in devices() if device.type in OFFLOAD_TYPES]
@@ -548,6 +558,7 @@ def _backend_options(args: argparse.Namespace, layout: Layout | None) -> Backend
         threads=args.threads or physical_cores(),
         n_gpu_layers=args.n_gpu_layers,
         gpu=args.gpu,
+        gpu_payload=gpu_payload(layout) if args.model is None else None,
         rpc=tuple(_rpc_endpoints(args)),
         tensor_split=_tensor_split(args),
         verbose=args.verbose,

@@ -398,6 +398,64 @@ class UiMode:
         raise FormatError(f"manifest.json's ui_mode.mode {mode!r} is not chat or completion")
 
 
+# ------------------------------------------------------------ a GPU runtime carried in the file
+
+
+@dataclass(frozen=True)
+class GpuLibrary:
+    """One library of a GPU runtime: an xz-compressed ZIP member of the file."""
+
+    file: str  # its name once unpacked ("libcublas.so.13")
+    member: str  # the ZIP member holding it, xz-compressed ("gpu/cuda/libcublas.so.13.xz")
+    sha256: str  # of the unpacked library
+    size: int  # unpacked
+    packed_size: int  # the member's size
+
+    def to_json(self) -> JSONObject:
+        return {"file": self.file, "member": self.member, "sha256": self.sha256,
+                "size": self.size, "packed_size": self.packed_size}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, value: object) -> GpuLibrary:
+        fields = _Fields(value, "gpu_runtime.libraries[]")
+        return cls(
+            file=fields.text("file"),
+            member=fields.text("member"),
+            sha256=fields.text("sha256"),
+            size=fields.integer("size"),
+            packed_size=fields.integer("packed_size"),
+        )
+
+
+@dataclass(frozen=True)
+class GpuRuntime:
+    """A GPU backend too big for every file (CUDA: ggml-cuda with the CUDA runtime
+    and cuBLAS), added to this one by `llamapack build --gpu-runtime`."""
+
+    backend: str  # "cuda"
+    libraries: tuple[GpuLibrary, ...]  # in load order: each needs only those before it; ggml's last
+
+    def to_json(self) -> JSONObject:
+        return {"backend": self.backend, "libraries": [library.to_json() for library in self.libraries]}
+
+    @classmethod
+    def from_json(cls, value: object) -> GpuRuntime:
+        fields = _Fields(value, "gpu_runtime")
+        libraries = fields.record("libraries", _object_list("gpu_runtime.libraries"))
+        return cls(
+            backend=fields.text("backend"), libraries=tuple(GpuLibrary.from_json(item) for item in libraries)
+        )
+
+
+def _object_list(where: str) -> Callable[[object], list[object]]:
+    def parse(value: object) -> list[object]:
+        if not isinstance(value, list) or not value:
+            raise FormatError(f"manifest.json's {where} is not a non-empty list")
+        return value
+
+    return parse
+
+
 # ------------------------------------------------------------ the manifest
 
 
@@ -412,6 +470,7 @@ class Manifest:
     source: Provenance | None = None  # None in files built before it was recorded
     defaults: Defaults | None = None  # likewise
     ui_mode: UiMode | None = None  # None in files built before it was recorded
+    gpu_runtime: GpuRuntime | None = None  # None unless built with --gpu-runtime
 
     def to_json(self) -> JSONObject:
         fields: JSONObject = {
@@ -427,6 +486,8 @@ class Manifest:
             fields["defaults"] = self.defaults.to_json()
         if self.ui_mode is not None:
             fields["ui_mode"] = self.ui_mode.to_json()
+        if self.gpu_runtime is not None:
+            fields["gpu_runtime"] = self.gpu_runtime.to_json()
         return fields
 
     @classmethod
@@ -441,6 +502,7 @@ class Manifest:
             source=fields.optional_record("source", provenance_from_json),
             defaults=fields.optional_record("defaults", Defaults.from_json),
             ui_mode=fields.optional_record("ui_mode", UiMode.from_json),
+            gpu_runtime=fields.optional_record("gpu_runtime", GpuRuntime.from_json),
         )
 
     def encode(self) -> bytes:

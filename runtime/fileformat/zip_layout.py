@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import io
+import shutil
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -96,6 +98,8 @@ class Plan:
     * the stub first, byte for byte: it is the executable;
     * the model, 64 KiB aligned and STORED, because llama.cpp maps tensors at
       their absolute file offsets (absent when the model lies beside the file);
+    * a GPU runtime too big for every file (`--gpu-runtime cuda`), when there is
+      one: xz-compressed libraries, STORED, which the runtime unpacks once per user;
     * manifest.json and .args, small, after the model so their size (the
       manifest holds the model's hash) never moves the model;
     * the pointer to PyInstaller's archive (executables.Stub.pointer: its table
@@ -114,6 +118,7 @@ class Plan:
     manifest: Member
     args: Member
     members: list[Member] = field(default_factory=list)
+    payload: list[Member] = field(default_factory=list)  # the GPU runtime's members
 
     @property
     def archive_at(self) -> int:
@@ -121,7 +126,7 @@ class Plan:
 
     @functools.cached_property
     def split(self) -> tuple[bytes, bytes] | None:
-        if self.model is None or not moves_archive(self.stub, self.model.size):
+        if self.model is None or not moves_archive(self.stub, self.model.size, _total(self.payload)):
             return None
         return self.stub.split(self.archive_at)
 
@@ -145,6 +150,19 @@ class Plan:
         if self.model is not None:
             target.write(bytes(self.model.header_at - len(self.front)))
             target.write(self.model.local_header())
+
+    def write_payload(self, target: BinaryIO, sources: Sequence[BinaryIO]) -> None:
+        """The GPU runtime's members, right after the model, each streamed from its
+        source (whose CRC-32 the plan already holds)."""
+        if len(sources) != len(self.payload):
+            raise ValueError("one source is needed for each GPU runtime member")
+        for member, source in zip(self.payload, sources, strict=True):
+            if target.tell() != member.header_at:
+                raise ValueError(f"{member.name} is not where the plan put it")
+            target.write(member.local_header())
+            shutil.copyfileobj(source, target, 1 << 20)
+            if target.tell() != member.end:
+                raise ValueError(f"{member.name} changed size after the file was planned")
 
     def write_tail(
         self, target: BinaryIO, manifest: bytes, args: bytes, model_crc: int | None = None
@@ -174,16 +192,19 @@ class Plan:
 _SMALL_PARTS = 1 << 20
 
 
-def moves_archive(stub: Stub, model_size: int) -> bool:
+def moves_archive(stub: Stub, model_size: int, payload_size: int = 0) -> bool:
     """Whether the model goes between the stub's image and its archive: where no
-    pointer could reach back over it, and the stub can be split (an ELF)."""
-    far = len(stub.data) + MODEL_ALIGNMENT + model_size + _SMALL_PARTS - stub.archive_at >= REACH
+    pointer could reach back over it (and the GPU runtime after it), and the stub
+    can be split (an ELF)."""
+    between = MODEL_ALIGNMENT + model_size + payload_size + _SMALL_PARTS
+    far = len(stub.data) + between - stub.archive_at >= REACH
     return far and stub.split(len(stub.data)) is not None
 
 
-def place_model(stub: Stub, model_name: str, model_size: int) -> Member:
-    """The model's ZIP member, placed so its data starts 64 KiB aligned."""
-    start = stub.archive_at if moves_archive(stub, model_size) else len(stub.data)
+def place_model(stub: Stub, model_name: str, model_size: int, payload_size: int = 0) -> Member:
+    """The model's ZIP member, placed so its data starts 64 KiB aligned; `payload_size`:
+    the GPU runtime's members that will follow it."""
+    start = stub.archive_at if moves_archive(stub, model_size, payload_size) else len(stub.data)
     name_len = len(model_name.encode())
     zip64_extra = 20 if model_size >= _MAX32 else 0
     data_at = _align_up(start + LOCAL_HEADER.size + name_len + zip64_extra + 6, MODEL_ALIGNMENT)
@@ -194,11 +215,47 @@ def place_model(stub: Stub, model_name: str, model_size: int) -> Member:
     return Member(model_name, model_size, header_at, extra_len)
 
 
-def plan_file(stub: Stub, model: Member | None, manifest_len: int, args_len: int) -> Plan:
-    manifest = Member(MANIFEST_NAME, manifest_len, header_at=model.end if model else len(stub.data))
+@dataclass(frozen=True)
+class PayloadEntry:
+    """A GPU runtime member to place: its name, size and CRC-32, known before writing."""
+
+    name: str
+    size: int
+    crc: int
+
+
+def payload_size(entries: Sequence[PayloadEntry]) -> int:
+    """What the entries take in the file, headers included (for place_model)."""
+    return sum(_header_size(entry.name, entry.size) + entry.size for entry in entries)
+
+
+def plan_file(
+    stub: Stub, model: Member | None, manifest_len: int, args_len: int, payload: Sequence[PayloadEntry] = ()
+) -> Plan:
+    at = model.end if model else len(stub.data)
+    placed = []
+    for entry in payload:
+        member = Member(
+            entry.name, entry.size, header_at=at, extra_len=_zip64_extra_len(entry.size), crc=entry.crc
+        )
+        placed.append(member)
+        at = member.end
+    manifest = Member(MANIFEST_NAME, manifest_len, header_at=at)
     args = Member(ARGS_NAME, args_len, header_at=manifest.end)
-    members = [model, manifest, args] if model else [manifest, args]
-    return Plan(stub, model, manifest, args, members)
+    members = [*([model] if model else []), *placed, manifest, args]
+    return Plan(stub, model, manifest, args, members, placed)
+
+
+def _zip64_extra_len(size: int) -> int:
+    return len(_zip64_local_extra(size)) if size >= _MAX32 else 0
+
+
+def _header_size(name: str, size: int) -> int:
+    return LOCAL_HEADER.size + len(name.encode()) + _zip64_extra_len(size)
+
+
+def _total(members: Sequence[Member]) -> int:
+    return sum(member.end - member.header_at for member in members)
 
 
 def _align_up(value: int, alignment: int) -> int:

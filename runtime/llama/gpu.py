@@ -13,6 +13,14 @@ library's SHA-256 and size. It is unpacked once per user into the cache folder,
 written under a temporary name and renamed into place (two launches racing write
 the same bytes), and its SHA-256 is checked at every launch before it is loaded:
 a half-written or altered copy is written again, never loaded.
+
+A backend too big for every file (CUDA, with the CUDA runtime and cuBLAS: about
+600 MB) is added to one file by `llamapack build --gpu-runtime cuda`: xz members of
+the file's ZIP, listed in its manifest (`gpu_runtime`). They are unpacked the same
+way, all into one folder, and loaded in the manifest's order. Hashing 600 MB at
+every launch would cost more than the rest of the launch, so once a folder's
+libraries are verified their sizes and times are recorded beside them, and a later
+launch re-hashes only a library whose size or time differs.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from llamapack.runtime.fileformat.manifest import GpuLibrary, GpuRuntime
 
 CHOICES = ("auto", "cuda", "metal", "vulkan", "none")
 AUTO_ORDER = ("cuda", "metal", "vulkan")
@@ -119,11 +130,20 @@ def _runs_on(backend: str, platform: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class FilePayload:
+    """A GPU runtime carried as members of the built file (manifest's gpu_runtime)."""
+
+    path: Path  # the built file
+    runtime: GpuRuntime
+
+
 # -- the real probe: find, unpack and load a backend library
 
 
-def probe(name: str) -> Probe:
-    """Load backend `name` into ggml (registering its devices) and count its GPUs."""
+def probe(name: str, payload: FilePayload | None = None) -> Probe:
+    """Load backend `name` into ggml (registering its devices) and count its GPUs;
+    `payload`: the GPU runtime the built file carries, if any."""
     from llamapack.runtime.llama.ggml import ggml
 
     api = ggml()
@@ -132,7 +152,8 @@ def probe(name: str) -> Probe:
         return _counted(name, built_in)
     library = _library_file(name)
     packed = None if library.is_file() else _packed(name)
-    if not library.is_file() and packed is None:
+    in_file = payload if payload is not None and payload.runtime.backend == name and packed is None else None
+    if not library.is_file() and packed is None and in_file is None:
         return Probe(name, reason=f"this file has no {NAMES[name]} backend", carried=False)
     loader = _SYSTEM_LOADERS.get(name, {}).get(_platform_key())
     if loader is not None:
@@ -140,13 +161,19 @@ def probe(name: str) -> Probe:
             ctypes.CDLL(loader)
         except OSError:
             return Probe(name, reason=f"no {NAMES[name]} driver on this system ({loader} not found)")
-    if packed is not None:
-        try:
-            library = unpack(packed, Path(_package_dir()) / PACKED_DIR, cache_root())
-        except OSError as exc:
-            return Probe(name, reason=f"cannot unpack its library: {exc.strerror or exc}")
+    dependencies: list[Path] = []
     try:
-        ctypes.CDLL(str(library))  # ggml_backend_load's dlopen says nothing of why it failed
+        if packed is not None:
+            library = unpack(packed, Path(_package_dir()) / PACKED_DIR, cache_root())
+        elif in_file is not None:
+            *dependencies, library = unpack_payload(in_file, cache_root())
+    except OSError as exc:
+        return Probe(name, reason=f"cannot unpack its library: {exc.strerror or exc}")
+    try:
+        # ggml_backend_load's dlopen says nothing of why it failed. The libraries the
+        # backend needs are loaded first, by path: its own lookup by soname then finds them.
+        for needed in [*dependencies, library]:
+            ctypes.CDLL(str(needed))
     except OSError as exc:
         return Probe(name, reason=f"cannot load {library.name}: {exc}")
     reg = api.ggml_backend_load(os.fsencode(library))
@@ -172,36 +199,120 @@ def _counted(name: str, reg: int) -> Probe:
 
 def unpack(backend: PackedBackend, packed_dir: Path, cache: Path) -> Path:
     """The library of `backend`, unpacked into `cache` unless a verified copy is there."""
+    target = cache / UNPACKED_DIR / backend.sha256[:16] / backend.library
+    if target.is_file() and _sha256(target) == backend.sha256:
+        return target
+    with (packed_dir / (backend.library + ".xz")).open("rb") as packed:
+        _unpack_into(target, packed, backend.sha256, backend.size, f"{backend.library}.xz in this file")
+    return target
+
+
+def unpack_payload(payload: FilePayload, cache: Path) -> list[Path]:
+    """The GPU runtime's libraries, in load order, unpacked into one folder of
+    `cache` (named by the last one's hash) unless verified copies are there."""
+    import json
+    import zipfile
+
+    from llamapack.runtime.fileformat.zip_layout import member_data_offset
+
+    libraries = payload.runtime.libraries
+    folder = cache / UNPACKED_DIR / libraries[-1].sha256[:16]
+    stamps_file = folder / ".verified.json"
+    try:
+        stamps = json.loads(stamps_file.read_text())
+    except (OSError, ValueError):
+        stamps = {}
+    paths, verified = [], {}
+    with zipfile.ZipFile(payload.path) as archive, payload.path.open("rb") as raw:
+        for library in libraries:
+            target = folder / library.file
+            stamp = _stamp(target, library)
+            if stamp is None or stamps.get(library.file) != stamp:
+                if not (target.is_file() and _sha256(target) == library.sha256):
+                    info = archive.getinfo(library.member)
+                    raw.seek(member_data_offset(raw, info.header_offset))
+                    where = f"{library.member} in {payload.path.name}"
+                    _unpack_into(target, _Bounded(raw, info.file_size), library.sha256, library.size, where)
+                stamp = _stamp(target, library)
+            paths.append(target)
+            verified[library.file] = stamp
+    if verified != stamps:
+        _write_quietly(stamps_file, json.dumps(verified, sort_keys=True))
+    return paths
+
+
+def _stamp(path: Path, library: GpuLibrary) -> list[object] | None:
+    """What says a verified copy is unchanged: its hash's claim, size and time."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return [library.sha256, info.st_size, info.st_mtime_ns]
+
+
+class _Bounded:
+    """`size` bytes of `raw` from where it stands: one member's data."""
+
+    def __init__(self, raw: BinaryIO, size: int) -> None:
+        self._raw, self._left = raw, size
+
+    def read(self, count: int) -> bytes:
+        data = self._raw.read(min(count, self._left))
+        self._left -= len(data)
+        return data
+
+
+def _unpack_into(target: Path, packed: BinaryIO | _Bounded, sha256: str, size: int, where: str) -> None:
+    """xz stream `packed`, checked (size, SHA-256) as it is decompressed into a
+    temporary file beside `target`, then renamed into place."""
     import hashlib
     import lzma
     import tempfile
 
-    target = cache / UNPACKED_DIR / backend.sha256[:16] / backend.library
-    if target.is_file() and _sha256(target) == backend.sha256:
-        return target
-    try:
-        data = lzma.decompress((packed_dir / (backend.library + ".xz")).read_bytes())
-    except (lzma.LZMAError, EOFError):
-        data = b""
-    if len(data) != backend.size or hashlib.sha256(data).hexdigest() != backend.sha256:
-        raise OSError(f"{backend.library}.xz in this file is damaged")
     target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=backend.library + ".", dir=target.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
     try:
+        digest, written = hashlib.sha256(), 0
+        decompressor = lzma.LZMADecompressor(lzma.FORMAT_XZ)
         with os.fdopen(descriptor, "wb") as out:
-            out.write(data)
+            try:
+                while chunk := packed.read(1 << 20):
+                    data = decompressor.decompress(chunk)
+                    digest.update(data)
+                    written += len(data)
+                    out.write(data)
+                whole = decompressor.eof
+            except lzma.LZMAError:
+                whole = False
+        if not whole or written != size or digest.hexdigest() != sha256:
+            raise OSError(f"{where} is damaged")
         os.chmod(temporary, 0o755)
         os.replace(temporary, target)
     except OSError:
         Path(temporary).unlink(missing_ok=True)
         # Windows will not replace a DLL another launch has loaded meanwhile: that one is whole.
-        if target.is_file() and _sha256(target) == backend.sha256:
-            return target
+        if target.is_file() and _sha256(target) == sha256:
+            return
         raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return target
+
+
+def _write_quietly(path: Path, text: str) -> None:
+    """A best-effort record: a launch that cannot write it only hashes again next time."""
+    import tempfile
+
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except OSError:
+        Path(temporary).unlink(missing_ok=True)
 
 
 def packed_backends(packed_dir: Path) -> dict[str, PackedBackend]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import mmap
 import struct
 import subprocess
 import zipfile
+import zlib
 from importlib import metadata
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from llamapack.builder.sources import resolve
 from llamapack.builder.stub import StubInfo
 from llamapack.runtime import fileformat as ff
 from llamapack.runtime.fileformat import read_stub
+from llamapack.runtime.fileformat.executables import REACH
+from llamapack.runtime.fileformat.zip_layout import moves_archive
 from tests.support.fakes import (
     COOKIE,
     COOKIE_MAGIC,
@@ -272,3 +276,45 @@ def test_tiny_gguf_header(tmp_path):
     assert header.architecture == "gemma3"
     assert header.chat_template == "{{ bos_token }}"
     assert header.data_end == path.stat().st_size
+
+
+def test_a_gpu_runtime_after_the_model_counts_in_the_pointers_reach(tmp_path):
+    """The GPU runtime's members lie between the model and the pointer, so they count
+    toward the 32-bit reach: a model the pointer could still reach back over alone
+    splits the stub once the runtime follows it, and the file still reads both ways."""
+    stub = ff.read_stub(elf_stub(toc=b"TOC-entries" * 30))
+    runtime = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    entry = ff.PayloadEntry("gpu/cuda/libcudart.so.13.xz", len(runtime), zlib.crc32(runtime))
+    size = REACH - len(stub.data) + stub.archive_at - ff.MODEL_ALIGNMENT - (2 << 20)
+    assert not moves_archive(stub, size)  # alone, the pointer reaches back over it
+    assert moves_archive(stub, size, ff.payload_size([entry]))
+    model = ff.place_model(stub, "big.gguf", size, ff.payload_size([entry]))
+    assert model.header_at < len(stub.data)  # the stub split: the model where its archive was
+    manifest = b"{}"
+    args = ff.encode_args(["..."])
+    plan = ff.plan_file(stub, model, len(manifest), len(args), [entry])
+    path = tmp_path / "big"
+    with path.open("w+b") as out:
+        plan.write_head(out)
+        out.write(b"GGUF")
+        out.seek(model.end)
+        plan.write_payload(out, [io.BytesIO(runtime)])
+        plan.write_tail(out, manifest, args, model_crc=0)
+    with zipfile.ZipFile(path) as archive:
+        assert archive.read(entry.name) == runtime  # the CRC checked too
+        assert archive.namelist() == ["big.gguf", entry.name, "manifest.json", ".args"]
+    with path.open("rb") as raw, mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        archive_at, toc = bootloader_view(data)
+        assert toc == b"TOC-entries" * 30 and archive_at > plan.payload[0].end
+        assert len(data) - data.rfind(COOKIE_MAGIC) < 4096
+
+
+def test_a_payload_that_changed_size_is_refused(tmp_path):
+    stub = ff.read_stub(elf_stub())
+    entry = ff.PayloadEntry("gpu/cuda/lib.xz", 10, 0)
+    plan = ff.plan_file(stub, ff.place_model(stub, "m.gguf", 4), 2, 4, [entry])
+    with (tmp_path / "out").open("w+b") as out:
+        plan.write_head(out)
+        out.write(b"GGUF")
+        with pytest.raises(ValueError, match="changed size"):
+            plan.write_payload(out, [io.BytesIO(b"eleven byte")])

@@ -71,6 +71,16 @@ RECORDS = [
     MANIFEST,
     ff.Manifest(name="old", engine=ENGINE, model=MODEL, chat_template=ff.ChatTemplateChoice("gguf", "gguf")),
     replace(MANIFEST, ui_mode=ff.UiMode("chat", "the GGUF has its own chat template")),
+    replace(
+        MANIFEST,
+        gpu_runtime=ff.GpuRuntime(
+            "cuda",
+            (
+                ff.GpuLibrary("libcudart.so.13", "gpu/cuda/libcudart.so.13.xz", "ef" * 32, 800_000, 300_000),
+                ff.GpuLibrary("libggml-cuda.so", "gpu/cuda/libggml-cuda.so.xz", "12" * 32, 90_000_000, 40_000_000),
+            ),
+        ),
+    ),
 ]
 PROVENANCES = [
     ff.LocalProvenance(file="model.gguf"),
@@ -289,6 +299,11 @@ def test_a_newer_format_version_is_refused_in_one_line(tiny_gguf, tmp_path):
         (lambda m: m | {"ui_mode": {"mode": "notebook"}},
          "manifest.json's ui_mode.mode 'notebook' is not chat or completion"),
         (lambda m: [m], "manifest.json's top level is not a JSON object"),
+        (lambda m: m | {"gpu_runtime": {"backend": "cuda", "libraries": []}},
+         "manifest.json's gpu_runtime.libraries is not a non-empty list"),
+        (lambda m: m | {"gpu_runtime": {"backend": "cuda", "libraries": [{"file": "a"}]}},
+         "manifest.json has no gpu_runtime.libraries\\[\\].member"),
+        (lambda m: m | {"gpu_runtime": {"libraries": [{}]}}, "manifest.json has no gpu_runtime.backend"),
     ],
 )  # fmt: skip
 def test_a_damaged_manifest_is_a_format_error(damage, message):
