@@ -20,7 +20,7 @@ PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.
 WHEELHOUSE ?= $(HOME)/.cache/llamapack/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-dispatch-rpc-$(PY_TAG)
 DEMO_FILE := dist/gemma-3-270m-q4_k_m
 
-.PHONY: setup demo build-demo test test-fast cross-check lint typecheck format docs bench compat clean
+.PHONY: setup demo build-demo test test-fast cross-check cuda lint typecheck format docs bench compat clean
 
 setup: $(VENV)/.installed
 
@@ -57,6 +57,11 @@ cross-check: setup
 	$(BIN)/llamapack runtime build --target windows-x86_64
 	$(BIN)/llamapack runtime build --target linux-aarch64
 	LLAMAPACK_REQUIRE_CROSS=1 $(BIN)/python -m pytest -m cross
+
+# The CUDA runtime `llamapack build --gpu-runtime cuda` adds (about an hour on 2 cores, once;
+# tests/e2e/test_cuda.py runs once it is built).
+cuda: setup
+	$(BIN)/llamapack runtime cuda
 
 lint: setup
 	$(BIN)/ruff check .

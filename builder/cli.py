@@ -398,6 +398,24 @@ def runtime_build(force: bool, target: str | None) -> None:
     click.echo(str(info.path))
 
 
+@runtime.command("cuda", context_settings=CONTEXT_SETTINGS)
+@_quiet_option
+@_domain_errors
+def runtime_cuda() -> None:
+    """Build (or reuse) the CUDA runtime that `build --gpu-runtime cuda` adds to a
+    file, and print its folder: ggml-cuda for sm_80, sm_89 and sm_90 compiled with
+    NVIDIA's CUDA 13 compiler from PyPI (about an hour on 2 cores, once; an
+    interrupted build resumes), with the CUDA runtime and cuBLAS, xz-packed.
+
+    \b
+    Example:
+      llamapack runtime cuda
+    """
+    from .cuda import ensure_cuda
+
+    click.echo(str(ensure_cuda(_echo)))
+
+
 def _stub_cached() -> bool:
     from .stub import cached_stub_path
 

@@ -156,11 +156,14 @@ def probe(name: str, payload: FilePayload | None = None) -> Probe:
     if not library.is_file() and packed is None and in_file is None:
         return Probe(name, reason=f"this file has no {NAMES[name]} backend", carried=False)
     loader = _SYSTEM_LOADERS.get(name, {}).get(_platform_key())
+    driver = None
     if loader is not None:
         try:
-            ctypes.CDLL(loader)
+            driver = ctypes.CDLL(loader)
         except OSError:
             return Probe(name, reason=f"no {NAMES[name]} driver on this system ({loader} not found)")
+    if name == "cuda" and driver is not None and (too_old := _old_cuda_driver(driver)):
+        return Probe(name, reason=too_old)
     dependencies: list[Path] = []
     try:
         if packed is not None:
@@ -180,6 +183,26 @@ def probe(name: str, payload: FilePayload | None = None) -> Probe:
     if not reg:
         return Probe(name, reason=f"no working {NAMES[name]} driver")
     return _counted(name, reg)
+
+
+CUDA_RUNTIME_MAJOR = 13  # the CUDA runtime builder/cuda.py packs (NVIDIA driver 580 or newer)
+
+
+def _old_cuda_driver(driver: ctypes.CDLL) -> str:
+    """Why an NVIDIA driver cannot run the carried CUDA runtime ("" when it can, or
+    cannot say): the runtime would only report "insufficient driver" to ggml's log."""
+    version = ctypes.c_int(0)
+    try:
+        status = driver.cuDriverGetVersion(ctypes.byref(version))
+    except AttributeError:
+        return ""
+    if status != 0 or not 0 < version.value < CUDA_RUNTIME_MAJOR * 1000:
+        return ""
+    major, minor = divmod(version.value // 10, 100)
+    return (
+        f"the NVIDIA driver runs CUDA up to {major}.{minor}; this file's CUDA runtime needs "
+        f"{CUDA_RUNTIME_MAJOR}.0 (driver 580 or newer)"
+    )
 
 
 def _counted(name: str, reg: int) -> Probe:

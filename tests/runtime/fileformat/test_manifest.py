@@ -77,7 +77,9 @@ RECORDS = [
             "cuda",
             (
                 ff.GpuLibrary("libcudart.so.13", "gpu/cuda/libcudart.so.13.xz", "ef" * 32, 800_000, 300_000),
-                ff.GpuLibrary("libggml-cuda.so", "gpu/cuda/libggml-cuda.so.xz", "12" * 32, 90_000_000, 40_000_000),
+                ff.GpuLibrary(
+                    "libggml-cuda.so", "gpu/cuda/libggml-cuda.so.xz", "12" * 32, 90_000_000, 40_000_000
+                ),
             ),
         ),
     ),

@@ -3,6 +3,7 @@ unpacking a packed backend library into the per-user cache."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import lzma
@@ -157,3 +158,33 @@ def test_the_cache_follows_llamapack_cache_and_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("LLAMAPACK_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert gpu.cache_root() == tmp_path / "xdg" / "llamapack"
+
+
+_DRIVER = """
+int cuDriverGetVersion(int *version) { *version = VERSION; return STATUS; }
+"""
+
+
+def stand_in_driver(folder: Path, version: int, status: int = 0) -> ctypes.CDLL:
+    """A libcuda.so.1 that reports `version` (as NVIDIA's: 1000 * major + 10 * minor)."""
+    import subprocess
+
+    folder.mkdir()
+    (folder / "driver.c").write_text(_DRIVER)
+    library = folder / "libcuda.so.1"
+    subprocess.run(
+        ["cc", "-shared", "-fPIC", f"-DVERSION={version}", f"-DSTATUS={status}", "-o", str(library),
+         str(folder / "driver.c")],
+        check=True,
+    )  # fmt: skip
+    return ctypes.CDLL(str(library))
+
+
+def test_an_nvidia_driver_too_old_for_cuda_13_is_named(tmp_path):
+    assert gpu._old_cuda_driver(stand_in_driver(tmp_path / "old", 12080)) == (
+        "the NVIDIA driver runs CUDA up to 12.8; this file's CUDA runtime needs 13.0 (driver 580 or newer)"
+    )
+    assert gpu._old_cuda_driver(stand_in_driver(tmp_path / "new", 13000)) == ""
+    assert gpu._old_cuda_driver(stand_in_driver(tmp_path / "newer", 13020)) == ""
+    assert gpu._old_cuda_driver(stand_in_driver(tmp_path / "failing", 12080, status=3)) == ""  # cannot say
+    assert gpu._old_cuda_driver(ctypes.CDLL(None)) == ""  # no such function
