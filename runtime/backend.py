@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import math
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -187,9 +189,13 @@ class Backend:
         return self.model.tokenize(text, add_special=True)
 
     def _request(self, prompt: list[int], generation: Generation, on_event: Any) -> Request:
+        params = generation.sampling
+        if generation.ignore_eos:  # as llama-server: the end tokens banned, not sampled and dropped
+            banned = [(token, -math.inf) for token in self.model.end_of_generation_tokens]
+            params = dataclasses.replace(params, logit_bias=[*params.logit_bias, *banned])
         return Request(
             prompt=prompt,
-            params=generation.sampling,
+            params=params,
             max_tokens=_token_limit(generation.max_tokens, self.n_predict, self.max_tokens_cap),
             stop=generation.stop,
             ignore_eos=generation.ignore_eos,

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.templates.test_page import Session, _serve
+from tests.templates.test_page import Session, _serve, keep_writing
 
 META = re.compile(r"^\d+ tokens · [\d.]+ tokens/s")
 PROMPT = "Once upon a time, in a small village by the sea,"
@@ -73,6 +73,7 @@ def test_a_base_model_opens_in_completion_and_continues_the_text(session: Sessio
     editor = page.get_by_label("Text", exact=True)
     expect(editor).to_be_focused()
     set_max_tokens(page, "16")
+    keep_writing(page, "**/v1/completions")  # 16 tokens, streamed over several frames
 
     editor.fill(PROMPT)
     # Every length the text goes through while it streams, read once a frame.
@@ -110,6 +111,7 @@ def test_a_base_model_opens_in_completion_and_continues_the_text(session: Sessio
 def test_stop_ends_a_long_run_and_the_page_stays_usable(session: Session) -> None:
     session.settings(maxTokens=400)
     page = open_loaded(session)
+    keep_writing(page, "**/v1/completions")  # still writing when Stop is clicked
     editor = page.get_by_label("Text", exact=True)
     expect(editor).to_be_focused()
     editor.fill(PROMPT)

@@ -84,7 +84,9 @@ class Session:
         # Every real reply is bounded, so a test's time never depends on what the
         # base model says (unbounded, it can ramble past any wait); tests that need
         # a long reply ask for one.
-        self._settings: dict[str, Any] = {"maxTokens": 32}
+        # Greedy, too: the same reply every run, so no test depends on the base model
+        # happening to end its reply at once.
+        self._settings: dict[str, Any] = {"maxTokens": 32, "temperature": 0}
 
     def _console(self, message: Any) -> None:
         if message.type == "error":
@@ -125,6 +127,18 @@ def session(browser: Browser, server: str) -> Iterator[Session]:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def keep_writing(page: Page, route: str = "**/v1/chat/completions") -> None:
+    """The page's requests to `route` go on past the model's end of text (ignore_eos),
+    for tests that need a reply still running (Stop) or a known number of tokens;
+    their max tokens still bound them."""
+
+    def extend(request: Route) -> None:
+        body = {**request.request.post_data_json, "ignore_eos": True}
+        request.continue_(post_data=json.dumps(body))
+
+    page.route(route, extend)
 
 
 def send(page: Page, text: str) -> None:
@@ -225,6 +239,7 @@ def _get(url: str) -> bytes:
 def test_reply_streams_in_token_by_token(session: Session) -> None:
     session.settings(maxTokens=24, temperature=0)
     page = session.open()
+    keep_writing(page)
     prompt = page.locator("#prompt")
     prompt.press_sequentially("Tell me about cats.")
     prompt.press("Shift+Enter")
@@ -255,6 +270,7 @@ def test_reply_streams_in_token_by_token(session: Session) -> None:
 def test_stop_ends_the_reply(session: Session) -> None:
     session.settings(maxTokens=1500)
     page = session.open()
+    keep_writing(page)  # still writing when Stop is clicked
     send(page, "Write a very long story about a dragon who learns to bake bread.")
     content = last_reply(page).locator(".content")
     expect(content).to_have_text(re.compile(r"\S{3}.*\S{3}", re.S), timeout=20_000)

@@ -118,14 +118,20 @@ async def test_max_tokens_limits_the_reply(client):
 
 
 async def test_same_seed_same_reply(client):
-    request = {"messages": HELLO, "max_tokens": 16, "temperature": 1.0, "seed": 42}
+    request = {"messages": HELLO, "max_tokens": 16, "temperature": 1.0, "seed": 42, "cache_prompt": False}
     first = await (await client.post(CHAT, json=request)).json()
     second = await (await client.post(CHAT, json=request)).json()
     assert first["choices"][0]["message"]["content"] == second["choices"][0]["message"]["content"]
 
 
 async def test_stop_string_cuts_the_reply(client):
-    request = {"messages": HELLO, "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    request = {
+        "messages": HELLO,
+        "max_tokens": 24,
+        "temperature": 0,
+        "ignore_eos": True,
+        "cache_prompt": False,
+    }
     full = (await (await client.post(CHAT, json=request)).json())["choices"][0]["message"]["content"]
     stop = full[len(full) // 2 :][:3]
     assert stop.strip(), full
@@ -138,13 +144,17 @@ async def test_four_streams_at_once(client):
     async def one(seed):
         response = await client.post(CHAT, json={
             "messages": HELLO, "max_tokens": 16, "stream": True, "seed": seed, "ignore_eos": True,
+            "stream_options": {"include_usage": True},
         })  # fmt: skip
         return await sse_data(response)
 
     results = await asyncio.gather(*(one(seed) for seed in range(4)))
     for events in results:
         assert events[-1] == "[DONE]"
-        assert sum('"content"' in e for e in events) >= 16
+        chunks = [json.loads(event) for event in events[:-1]]
+        assert chunks[-1]["usage"]["completion_tokens"] == 16
+        assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+        assert sum(bool(c["choices"] and c["choices"][0]["delta"].get("content")) for c in chunks) >= 8
 
 
 async def test_disconnect_frees_the_slot(client, backend):
@@ -154,7 +164,7 @@ async def test_disconnect_frees_the_slot(client, backend):
     for _ in range(3):
         await response.content.readline()
     response.close()
-    for _ in range(100):
+    for _ in range(500):
         if backend.engine.busy_slots == 0:
             break
         await asyncio.sleep(0.02)
@@ -218,3 +228,17 @@ async def test_chat_page_is_served_with_a_csp(client):
     script = await client.get("/static/app.js")
     assert script.status == 200
     assert (await client.get("/static/../server.py")).status == 404
+
+
+async def test_ignore_eos_bans_the_end_tokens_as_llama_server_does(client, backend):
+    """Not sampled and then dropped (which would give empty text): never sampled.
+    An end token pushed far ahead of every other one shows the difference."""
+    (end, *_) = backend.model.end_of_generation_tokens
+    body = {"prompt": "Once upon a time", "n_predict": 8, "temperature": 0, "n_probs": 1,
+            "logit_bias": [[end, 100]], "ignore_eos": True}  # fmt: skip
+    answer = await (await client.post("/completion", json=body)).json()
+    tokens = [probability["id"] for probability in answer["completion_probabilities"]]
+    assert len(tokens) == 8 and not set(tokens) & set(backend.model.end_of_generation_tokens), tokens
+    assert answer["content"].strip()
+    ended = await (await client.post("/completion", json={**body, "ignore_eos": False})).json()
+    assert ended["tokens_predicted"] <= 1 and ended["content"] == ""  # the bias alone: it ends at once

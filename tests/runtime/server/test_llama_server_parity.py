@@ -266,8 +266,8 @@ async def test_sleep_frees_the_model_and_a_request_wakes_it(aiohttp_client, gemm
                  if line.startswith("llamacpp:tokens_predicted_total ")]  # fmt: skip
     assert predicted == ["llamacpp:tokens_predicted_total 4"]  # kept while asleep
     counted = await client.post("/v1/chat/completions/input_tokens", json={"messages": BOOK})
+    # Awake now (it may doze off again half a second later on a busy machine: not checked).
     assert counted.status == 200 and len(loads) == loaded + 1
-    assert not (await (await client.get("/props")).json())["is_sleeping"]
 
 
 async def test_system_prompt_for_chats_that_bring_none(aiohttp_client, backend):
@@ -333,7 +333,8 @@ async def test_prompt_progress_as_each_batch_is_evaluated(aiohttp_client, small_
 
 async def test_post_sampling_probabilities(client):
     body = {"prompt": "Today was the day. Today I would finally become a", "n_probs": 10, "n_predict": 5,
-            "temperature": 1.0, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 1}  # fmt: skip
+            "temperature": 1.0, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 1,
+            "cache_prompt": False}  # fmt: skip
     raw = (await post(client, "/completion", body))["completion_probabilities"]
     after = (await post(client, "/completion", {**body, "post_sampling_probs": True}))[
         "completion_probabilities"
