@@ -135,7 +135,7 @@ def keep_writing(page: Page, route: str = "**/v1/chat/completions") -> None:
     their max tokens still bound them."""
 
     def extend(request: Route) -> None:
-        body = {**request.request.post_data_json, "ignore_eos": True}
+        body = {**(request.request.post_data_json or {}), "ignore_eos": True}
         request.continue_(post_data=json.dumps(body))
 
     page.route(route, extend)
