@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import lzma
 import os
 import shutil
 import statistics
@@ -55,16 +56,15 @@ def prepare() -> None:
     cuda.ensure_cuda(bench.log)
     build = _llama_server_dl(bench)
     shutil.copy2(build / "bin" / "llama-server", server_dir / "llama-server")
-    for library in (build / "bin").glob("lib*.so*"):
-        shutil.copy2(library, server_dir / library.name, follow_symlinks=True)
+    for built in (build / "bin").glob("lib*.so*"):
+        shutil.copy2(built, server_dir / built.name, follow_symlinks=True)
     import llama_cpp
 
     for cpu_variant in (Path(llama_cpp.__file__).parent / "lib").glob("libggml-cpu-*.so"):
         shutil.copy2(cpu_variant, server_dir / cpu_variant.name)
-    toolkit = cuda.ensure_toolkit(bench.log)
-    for name in cuda.RUNTIME_LIBRARIES:
-        shutil.copy2(toolkit / "lib" / name, server_dir / name)
-    shutil.copy2(cuda.build_dir() / "build" / "bin" / "libggml-cuda.so", server_dir / "libggml-cuda.so")
+    for library in cuda.payload(bench.log).record.libraries:  # the very bytes the file carries
+        packed = cuda.cuda_dir() / (library.file + ".xz")
+        (server_dir / library.file).write_bytes(lzma.decompress(packed.read_bytes()))
     for source, name in ((bench.gemma_gguf(), "gemma"), (bench.deep_gemma_gguf(4608 << 20), "deep-gemma")):
         gguf = OUT / f"{name}.gguf"
         if not gguf.exists():
