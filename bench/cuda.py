@@ -94,7 +94,7 @@ def carry() -> None:
 def _sources_only(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
     """No build folders, no web UI sources (llama-server embeds its built page), no tests."""
     parts = member.name.split("/")
-    if any(part.startswith("build") or part in ("tests", "node_modules", ".git") for part in parts[1:]):
+    if any(part in ("build", "build-backend-dl", "tests", "node_modules", ".git") for part in parts[1:]):
         return None
     if "webui" in parts:
         return None
@@ -144,13 +144,16 @@ def _unpack_sources(work: Path) -> Path:
 
 def _compile(source: Path, build: Path, arch: str) -> Path:
     """llama-server and the backends as loadable libraries (GGML_BACKEND_DL), as the stub
-    loads them; without VMM, as builder/cuda.py builds the file's backend."""
+    loads them; without VMM, as builder/cuda.py builds the file's backend. The CPU
+    backend is a portable one: with every layer on the GPU it holds none of the work."""
     _log(f"compiling llama.cpp with CUDA for {arch} ...")
+    nvcc = os.environ.get("CUDACXX") or shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    toolkit = [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCUDAToolkit_ROOT={Path(nvcc).resolve().parent.parent}"]
     subprocess.run(
         ["cmake", "-S", str(source), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-         "-DGGML_CUDA=ON", "-DGGML_BACKEND_DL=ON", "-DGGML_NATIVE=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
+         "-DGGML_CUDA=ON", "-DGGML_BACKEND_DL=ON", "-DGGML_NATIVE=OFF", f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
          "-DGGML_CUDA_NO_VMM=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-         "-DLLAMA_BUILD_EXAMPLES=OFF"],
+         "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_APP=OFF", *toolkit],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     started = time.perf_counter()
@@ -452,7 +455,8 @@ def write_results(results: dict[str, dict[str, object]], args: argparse.Namespac
         "",
         f"llamapack's launch line: `{ours.get('line', '')}`",
     ]
-    RESULTS.write_text("\n".join(lines) + "\n")
+    if args.gpu == "cuda":  # a dry run's figures are no CUDA results
+        RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
