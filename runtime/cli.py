@@ -417,7 +417,11 @@ def gpu_payload(layout: Layout | None) -> FilePayload | None:
     """The GPU runtime the file carries (`llamapack build --gpu-runtime`), if any."""
     if layout is None or layout.manifest.gpu_runtime is None:
         return None
-    return FilePayload(layout.path, layout.manifest.gpu_runtime)
+    return FilePayload(layout.path, layout.manifest.gpu_runtime, _say)
+
+
+def _say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
 def gpu_text(requested: str, no_gpu: bool = False, payload: FilePayload | None = None) -> str:

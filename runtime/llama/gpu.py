@@ -29,7 +29,7 @@ import ctypes
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -136,6 +136,8 @@ class FilePayload:
 
     path: Path  # the built file
     runtime: GpuRuntime
+    # Told before a first unpack, which takes seconds (CUDA: 700 MB from xz).
+    on_unpack: Callable[[str], None] | None = field(default=None, compare=False)
 
 
 # -- the real probe: find, unpack and load a backend library
@@ -246,12 +248,20 @@ def unpack_payload(payload: FilePayload, cache: Path) -> list[Path]:
     except (OSError, ValueError):
         stamps = {}
     paths, verified = [], {}
+    told = payload.on_unpack is None
     with zipfile.ZipFile(payload.path) as archive, payload.path.open("rb") as raw:
         for library in libraries:
             target = folder / library.file
             stamp = _stamp(target, library)
             if stamp is None or stamps.get(library.file) != stamp:
                 if not (target.is_file() and _sha256(target) == library.sha256):
+                    if not told and payload.on_unpack is not None:
+                        size = sum(item.size for item in libraries) / 1e6
+                        payload.on_unpack(
+                            f"unpacking the {NAMES[payload.runtime.backend]} runtime ({size:.0f} MB) into "
+                            f"{folder} (once)..."
+                        )
+                        told = True
                     info = archive.getinfo(library.member)
                     raw.seek(member_data_offset(raw, info.header_offset))
                     where = f"{library.member} in {payload.path.name}"

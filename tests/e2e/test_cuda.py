@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from llamapack.builder import cuda
 from llamapack.builder.cli import cli
+from llamapack.runtime.fileformat import read_layout
 from llamapack.runtime.llama.gpu import UNPACKED_DIR
 from tests.support.built_file import Server, build_file
 
@@ -72,6 +73,13 @@ def run(path: Path, *args: str, cache: Path, driver: Path | None = None) -> subp
     return subprocess.run([str(path), *args], capture_output=True, text=True, env=env, timeout=600)
 
 
+def unpacked_folder(file: Path, cache: Path) -> Path:
+    """Where the file's CUDA libraries are unpacked (the Vulkan backend has a folder beside it)."""
+    runtime = read_layout(file).manifest.gpu_runtime
+    assert runtime is not None
+    return cache / UNPACKED_DIR / runtime.libraries[-1].sha256[:16]
+
+
 def engine_line(stderr: str) -> str:
     (line,) = [line for line in stderr.splitlines() if ": engine: " in line]
     return line
@@ -115,8 +123,15 @@ def test_a_driver_without_a_gpu_loads_every_library_then_the_cpu_answers(
         "no GPU (CUDA: no CUDA GPU found; Vulkan: no Vulkan GPU found)"
     )
     assert result.stdout == on_cpu.stdout and result.stdout.strip()
-    (folder,) = (cache / UNPACKED_DIR).iterdir()
+    folder = unpacked_folder(cuda_file, cache)
     assert sorted(path.name for path in folder.iterdir() if path.name.startswith("lib")) == sorted(LIBRARIES)
+    assert (
+        f"gemma-cuda: unpacking the CUDA runtime (704 MB) into {folder} (once)..."
+        in result.stderr.splitlines()
+    )
+    again = run(cuda_file, *PROMPT, cache=cache, driver=driver)
+    assert again.returncode == 0 and again.stdout == result.stdout
+    assert "unpacking" not in again.stderr  # verified once: nothing unpacked or hashed again
 
     refused = run(cuda_file, *PROMPT, "--gpu", "cuda", cache=cache, driver=driver)
     assert refused.returncode == 1
@@ -135,7 +150,7 @@ def test_the_libraries_load_from_the_unpacked_folder(cuda_file, driver, tmp_path
     finally:
         server.close()
     loaded = {line.split()[-1] for line in maps.splitlines() if "libcu" in line or "ggml-cuda" in line}
-    (folder,) = (cache / UNPACKED_DIR).iterdir()
+    folder = unpacked_folder(cuda_file, cache)
     assert {Path(path).name for path in loaded} == {*LIBRARIES, "libcuda.so.1"}
     assert {str(Path(path).parent) for path in loaded if "libcuda.so" not in path} == {str(folder)}
 
