@@ -127,7 +127,7 @@ def _template_file(path: Path | None) -> TemplateFile | None:
 )  # fmt: skip
 @click.option(
     "--gpu-runtime", type=click.Choice(["cuda"]), default=None,
-    help="Add NVIDIA's CUDA runtime to the file (linux-x86_64; about 600 MB more, built once). "
+    help="Add NVIDIA's CUDA runtime to the file (linux-x86_64; 483 MB more; built once, about an hour). "
     "Every file already has Vulkan, which also runs NVIDIA GPUs.",
 )  # fmt: skip
 @_runtime_option
