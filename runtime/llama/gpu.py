@@ -15,9 +15,9 @@ the same bytes), and its SHA-256 is checked at every launch before it is loaded:
 a half-written or altered copy is written again, never loaded.
 
 A backend too big for every file (CUDA, with the CUDA runtime and cuBLAS: about
-600 MB) is added to one file by `llamapack build --gpu-runtime cuda`: xz members of
+700 MB) is added to one file by `llamapack build --gpu-runtime cuda`: xz members of
 the file's ZIP, listed in its manifest (`gpu_runtime`). They are unpacked the same
-way, all into one folder, and loaded in the manifest's order. Hashing 600 MB at
+way, all into one folder, and loaded in the manifest's order. Hashing 700 MB at
 every launch would cost more than the rest of the launch, so once a folder's
 libraries are verified their sizes and times are recorded beside them, and a later
 launch re-hashes only a library whose size or time differs.
@@ -241,7 +241,7 @@ def unpack_payload(payload: FilePayload, cache: Path) -> list[Path]:
     from llamapack.runtime.fileformat.zip_layout import member_data_offset
 
     libraries = payload.runtime.libraries
-    folder = cache / UNPACKED_DIR / libraries[-1].sha256[:16]
+    folder = cache / UNPACKED_DIR / payload_key(payload.runtime)
     stamps_file = folder / ".verified.json"
     try:
         stamps = json.loads(stamps_file.read_text())
@@ -272,6 +272,15 @@ def unpack_payload(payload: FilePayload, cache: Path) -> list[Path]:
     if verified != stamps:
         _write_quietly(stamps_file, json.dumps(verified, sort_keys=True))
     return paths
+
+
+def payload_key(runtime: GpuRuntime) -> str:
+    """The unpack folder's name: from every library's hash, so runtimes that share
+    ggml-cuda but not cuBLAS never take turns rewriting one folder."""
+    import hashlib
+
+    names = "".join(f"{library.file}\0{library.sha256}\n" for library in runtime.libraries)
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
 
 
 def _stamp(path: Path, library: GpuLibrary) -> list[object] | None:

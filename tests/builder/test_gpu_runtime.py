@@ -137,7 +137,7 @@ def test_a_damaged_member_is_caught_by_verify_and_never_loaded(cuda_cache, tiny_
     with pytest.raises(OSError, match="libggml-cuda.so.xz in model is damaged"):
         gpu.unpack_payload(gpu.FilePayload(out, record), tmp_path / "user-cache")
     assert not (
-        tmp_path / "user-cache" / gpu.UNPACKED_DIR / record.libraries[-1].sha256[:16] / "libggml-cuda.so"
+        tmp_path / "user-cache" / gpu.UNPACKED_DIR / gpu.payload_key(record) / "libggml-cuda.so"
     ).exists()
 
 
@@ -201,3 +201,17 @@ def test_a_damaged_cache_is_one_line(cuda_cache, tiny_gguf, stub, tmp_path):
     assert code == 1 and "the cached CUDA runtime in" in output and "delete it" in output, output
     assert "Traceback" not in output
     assert not (tmp_path / "model").exists()
+
+
+def test_runtimes_that_share_ggml_cuda_but_not_cublas_unpack_apart():
+    def library(name: str, sha256: str) -> ff.GpuLibrary:
+        return ff.GpuLibrary(name, f"gpu/cuda/{name}.xz", sha256, 1, 1)
+
+    older = ff.GpuRuntime(
+        "cuda", (library("libcublas.so.13", "a" * 64), library("libggml-cuda.so", "c" * 64))
+    )
+    newer = ff.GpuRuntime(
+        "cuda", (library("libcublas.so.13", "b" * 64), library("libggml-cuda.so", "c" * 64))
+    )
+    assert gpu.payload_key(older) != gpu.payload_key(newer)
+    assert gpu.payload_key(older) == gpu.payload_key(ff.GpuRuntime("cuda", older.libraries))

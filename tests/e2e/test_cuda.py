@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from llamapack.builder import cuda
 from llamapack.builder.cli import cli
 from llamapack.runtime.fileformat import read_layout
-from llamapack.runtime.llama.gpu import UNPACKED_DIR
+from llamapack.runtime.llama.gpu import UNPACKED_DIR, payload_key
 from tests.support.built_file import Server, build_file
 
 pytestmark = [
@@ -77,7 +77,7 @@ def unpacked_folder(file: Path, cache: Path) -> Path:
     """Where the file's CUDA libraries are unpacked (the Vulkan backend has a folder beside it)."""
     runtime = read_layout(file).manifest.gpu_runtime
     assert runtime is not None
-    return cache / UNPACKED_DIR / runtime.libraries[-1].sha256[:16]
+    return cache / UNPACKED_DIR / payload_key(runtime)
 
 
 def engine_line(stderr: str) -> str:
