@@ -266,8 +266,8 @@ def _assemble(out: Path, stub_path: Path, gguf: Path, libraries: list[Path]) -> 
     for library in libraries:
         packed = out.parent / (library.name + ".xz")
         data = library.read_bytes()
-        packed.write_bytes(lzma.compress(data, preset=1))
-        blob = packed.read_bytes()
+        blob = lzma.compress(data, preset=1)
+        packed.write_bytes(blob)
         member = f"gpu/cuda/{library.name}.xz"
         records.append(
             ff.GpuLibrary(library.name, member, hashlib.sha256(data).hexdigest(), len(data), len(blob))

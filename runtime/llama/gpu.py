@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from llamapack.runtime.fileformat.manifest import GpuLibrary, GpuRuntime
 
@@ -234,11 +234,9 @@ def unpack(backend: PackedBackend, packed_dir: Path, cache: Path) -> Path:
 
 def unpack_payload(payload: FilePayload, cache: Path) -> list[Path]:
     """The GPU runtime's libraries, in load order, unpacked into one folder of
-    `cache` (named by the last one's hash) unless verified copies are there."""
+    `cache` (named by payload_key) unless verified copies are there."""
     import json
     import zipfile
-
-    from llamapack.runtime.fileformat.zip_layout import member_data_offset
 
     libraries = payload.runtime.libraries
     folder = cache / UNPACKED_DIR / payload_key(payload.runtime)
@@ -249,7 +247,7 @@ def unpack_payload(payload: FilePayload, cache: Path) -> list[Path]:
         stamps = {}
     paths, verified = [], {}
     told = payload.on_unpack is None
-    with zipfile.ZipFile(payload.path) as archive, payload.path.open("rb") as raw:
+    with zipfile.ZipFile(payload.path) as archive:
         for library in libraries:
             target = folder / library.file
             stamp = _stamp(target, library)
@@ -262,10 +260,13 @@ def unpack_payload(payload: FilePayload, cache: Path) -> list[Path]:
                             f"{folder} (once)..."
                         )
                         told = True
-                    info = archive.getinfo(library.member)
-                    raw.seek(member_data_offset(raw, info.header_offset))
                     where = f"{library.member} in {payload.path.name}"
-                    _unpack_into(target, _Bounded(raw, info.file_size), library.sha256, library.size, where)
+                    try:
+                        member = archive.open(library.member)
+                    except KeyError:
+                        raise OSError(f"{where} is missing") from None
+                    with member:
+                        _unpack_into(target, member, library.sha256, library.size, where)
                 stamp = _stamp(target, library)
             paths.append(target)
             verified[library.file] = stamp
@@ -292,24 +293,13 @@ def _stamp(path: Path, library: GpuLibrary) -> list[object] | None:
     return [library.sha256, info.st_size, info.st_mtime_ns]
 
 
-class _Bounded:
-    """`size` bytes of `raw` from where it stands: one member's data."""
-
-    def __init__(self, raw: BinaryIO, size: int) -> None:
-        self._raw, self._left = raw, size
-
-    def read(self, count: int) -> bytes:
-        data = self._raw.read(min(count, self._left))
-        self._left -= len(data)
-        return data
-
-
-def _unpack_into(target: Path, packed: BinaryIO | _Bounded, sha256: str, size: int, where: str) -> None:
+def _unpack_into(target: Path, packed: IO[bytes], sha256: str, size: int, where: str) -> None:
     """xz stream `packed`, checked (size, SHA-256) as it is decompressed into a
     temporary file beside `target`, then renamed into place."""
     import hashlib
     import lzma
     import tempfile
+    import zipfile
 
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
@@ -324,7 +314,7 @@ def _unpack_into(target: Path, packed: BinaryIO | _Bounded, sha256: str, size: i
                     written += len(data)
                     out.write(data)
                 whole = decompressor.eof
-            except lzma.LZMAError:
+            except (lzma.LZMAError, zipfile.BadZipFile):  # a ZIP member's CRC is checked too
                 whole = False
         if not whole or written != size or digest.hexdigest() != sha256:
             raise OSError(f"{where} is damaged")

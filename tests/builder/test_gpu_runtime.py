@@ -10,6 +10,7 @@ import json
 import os
 import random
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,14 @@ def test_runtimes_that_share_ggml_cuda_but_not_cublas_unpack_apart():
     )
     assert gpu.payload_key(older) != gpu.payload_key(newer)
     assert gpu.payload_key(older) == gpu.payload_key(ff.GpuRuntime("cuda", older.libraries))
+
+
+def test_a_member_the_manifest_names_but_the_file_lacks_is_an_os_error(cuda_cache, tiny_gguf, stub, tmp_path):
+    out = built(tiny_gguf, stub, tmp_path / "model")
+    record = ff.read_layout(out).manifest.gpu_runtime
+    assert record is not None
+    missing = ff.GpuRuntime(
+        "cuda", (*record.libraries[:-1], replace(record.libraries[-1], member="gpu/cuda/gone.xz"))
+    )
+    with pytest.raises(OSError, match="gpu/cuda/gone.xz in model is missing"):
+        gpu.unpack_payload(gpu.FilePayload(out, missing), tmp_path / "user-cache")
