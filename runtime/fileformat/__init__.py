@@ -9,10 +9,11 @@ A built file is at once the runtime executable and a ZIP archive::
     [the archive's pointer: a copy of its table of contents and a cookie that
      reaches back to the archive in the stub]
 
-With a model of about 4 GiB or more, which no 32-bit cookie reaches back over, an
-ELF stub is split instead: its image, the model and the other entries, then its
-archive and section headers (offsets moved); a Mach-O stub is followed by a whole
-copy of its archive (see `executables`).
+With a model of about 4 GiB or more, which no 32-bit cookie reaches back over, the
+stub is split instead: its image, the model and the other entries, then its
+archive (an ELF's section headers with it, offsets moved; a Mach-O's image signed
+again without it, see `macho`). Only a stub signed with a real identity is
+followed by a whole copy of its archive (see `executables`).
     [ZIP central directory] [ZIP64 end records when needed] [end record]
 
 Why this order:
@@ -36,6 +37,7 @@ The parts, each in its own module and all importable from here:
 * `zip_layout`: where each ZIP entry goes and the order a file is written in;
 * `executables`: the runtime stub, its executable header (ELF, PE, Mach-O) and
   its PyInstaller archive;
+* `macho`: Mach-O load commands and the ad-hoc code signature;
 * `layout`: reading a built file back (`read_layout`, `classify`) and `.args`;
 * `magic`: every signature the format writes or looks for.
 """

@@ -23,9 +23,12 @@ The cookie's fields are 32-bit, so no pointer reaches back over a model of about
 executable image stays in front of the model and the archive, its cookie and the
 section headers follow the model, their offsets in the ELF header and section
 headers moved to match (the archive is a section no segment loads, so the program
-is the same). PE files of that size keep the model beside the `.exe`; a Mach-O
-stub cannot move its archive without breaking its signature, so there the pointer
-is a whole copy of the archive (a fraction of a percent of such a file).
+is the same). PE files of that size keep the model beside the `.exe`. A Mach-O
+stub's signature covers its archive, so its image is signed again without it
+(`macho.without_archive`, ad hoc as the linker signs) and the archive follows the
+model; only a stub signed with a real identity, which that would void, is
+followed by a whole copy of its archive instead (a fraction of a percent of such
+a file).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from llamapack.runtime.fileformat.macho import MachOError, code_signature_at, without_archive
 from llamapack.runtime.fileformat.magic import (
     DOS_MAGIC,
     ELF_MAGIC,
@@ -47,11 +51,6 @@ PYI_COOKIE = struct.Struct("!8sIIii64s")  # magic, archive length, TOC offset, T
 # the start of the code signature, which codesign writes after the archive
 # (about 32 bytes per 4 KiB page: ~200 KB for a 25 MB stub).
 STUB_TAIL_LIMIT = 64 * 1024
-
-# Mach-O: a 64-bit header is 32 bytes, its load commands follow; LC_CODE_SIGNATURE's
-# data offset says where the signature begins.
-_MACHO_HEADER_SIZE = 32
-_LC_CODE_SIGNATURE = 0x1D
 
 # PE: where the DOS header keeps the PE header's offset, and the optional
 # header's magic for PE32+ (64-bit), whose data directories start 16 bytes later.
@@ -197,12 +196,17 @@ class Stub:
         return toc + PYI_COOKIE.pack(magic, reach, at - self.archive_at, toc_length, python, library)
 
     def split(self, at: int) -> tuple[bytes, bytes] | None:
-        """An ELF stub cut before its archive, for a file whose model lies between the
-        two parts: the front (the executable image, with the section headers' offset
-        moved) and the back, to be written at `at` (the archive, its cookie, the
-        section names and headers, with their offsets moved). None where the stub is
-        not laid out so: not ELF, or a loaded segment or a section reaching into the
-        archive, or section headers before it."""
+        """The stub cut before its archive, for a file whose model lies between the
+        two parts: the front and the back, to be written at `at`. An ELF's front is
+        its image with the section headers' offset moved, its back the archive, its
+        cookie and the section names and headers, their offsets moved; a Mach-O's
+        front is its image signed again without the archive, its back the archive.
+        None where the stub is not laid out so: a PE, a loaded segment or a section
+        reaching into the archive, section headers before it, or a Mach-O signed
+        with a real identity."""
+        if self.kind == "macho":
+            signed = without_archive(self.data, self.archive_at, self.cookie_at + PYI_COOKIE.size)
+            return None if signed is None else (signed, bytes(self.archive))
         if self.kind != "elf":
             return None
         data, cut, shift = self.data, self.archive_at, at - self.archive_at
@@ -235,26 +239,12 @@ class Stub:
         return bytes(front), bytes(back)
 
 
-def macho_code_signature_at(data: bytes) -> int | None:
-    """Where a 64-bit Mach-O's code signature starts, if it has one."""
-    try:
-        commands = _u32(data, 16)
-        at = _MACHO_HEADER_SIZE
-        for _ in range(commands):
-            command, size = struct.unpack_from("<II", data, at)
-            if command == _LC_CODE_SIGNATURE:
-                return _u32(data, at + 8)
-            if size < 8:
-                break
-            at += size
-    except struct.error:
-        raise StubError("the Mach-O load commands are cut short") from None
-    return None
-
-
 def _archive_region_end(data: bytes, kind: str) -> int:
     if kind == "macho":
-        signature_at = macho_code_signature_at(data)
+        try:
+            signature_at = code_signature_at(data)
+        except MachOError as exc:
+            raise StubError(str(exc)) from None
         if signature_at is not None and 0 < signature_at <= len(data):
             return signature_at
     return len(data)

@@ -104,10 +104,10 @@ class Plan:
       manifest holds the model's hash) never moves the model;
     * the pointer to PyInstaller's archive (executables.Stub.pointer: its table
       of contents and a cookie), so the bootloader's backward scan for the cookie
-      stops a few KiB from the end and reads the archive inside the stub; or, for
-      an ELF stub ahead of a model the pointer cannot reach over (about 4 GiB), the
-      stub's own archive and section headers, moved there (Stub.split) while its
-      image stays first;
+      stops a few KiB from the end and reads the archive inside the stub; or,
+      ahead of a model the pointer cannot reach over (about 4 GiB), the stub's own
+      archive, moved there (Stub.split: with an ELF's section headers; a Mach-O's
+      image signed again without it) while its image stays first;
     * the ZIP central directory and end records, which ZIP readers start from;
       they follow absolute offsets, so the stub and the pointer are invisible
       to them.
@@ -195,16 +195,23 @@ _SMALL_PARTS = 1 << 20
 def moves_archive(stub: Stub, model_size: int, payload_size: int = 0) -> bool:
     """Whether the model goes between the stub's image and its archive: where no
     pointer could reach back over it (and the GPU runtime after it), and the stub
-    can be split (an ELF)."""
+    can be split (an ELF, or a Mach-O signed ad hoc)."""
+    return _split_front(stub, model_size, payload_size) is not None
+
+
+def _split_front(stub: Stub, model_size: int, payload_size: int) -> bytes | None:
     between = MODEL_ALIGNMENT + model_size + payload_size + _SMALL_PARTS
-    far = len(stub.data) + between - stub.archive_at >= REACH
-    return far and stub.split(len(stub.data)) is not None
+    if len(stub.data) + between - stub.archive_at < REACH:
+        return None
+    split = stub.split(len(stub.data))
+    return None if split is None else split[0]
 
 
 def place_model(stub: Stub, model_name: str, model_size: int, payload_size: int = 0) -> Member:
     """The model's ZIP member, placed so its data starts 64 KiB aligned; `payload_size`:
     the GPU runtime's members that will follow it."""
-    start = stub.archive_at if moves_archive(stub, model_size, payload_size) else len(stub.data)
+    front = _split_front(stub, model_size, payload_size)
+    start = len(stub.data) if front is None else len(front)
     name_len = len(model_name.encode())
     zip64_extra = 20 if model_size >= _MAX32 else 0
     data_at = _align_up(start + LOCAL_HEADER.size + name_len + zip64_extra + 6, MODEL_ALIGNMENT)

@@ -8,6 +8,7 @@ that ends with PyInstaller's cookie, then `.shstrtab` and the section headers.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import struct
 from pathlib import Path
 
@@ -114,6 +115,15 @@ def read_sections(data: bytes) -> dict[str, tuple[int, int]]:
     return sections
 
 
+def bootloader_view(data: bytes | bytearray | mmap.mmap) -> tuple[int, bytes]:
+    """What PyInstaller's bootloader reads: the last cookie gives the archive's start
+    and its table of contents (entries are addressed from that start)."""
+    cookie_at = data.rfind(COOKIE_MAGIC)
+    _, length, toc_offset, toc_length, _, _ = COOKIE.unpack_from(data, cookie_at)
+    archive_at = cookie_at + COOKIE.size - length
+    return archive_at, bytes(data[archive_at + toc_offset : archive_at + toc_offset + toc_length])
+
+
 def pyinstaller_archive(payload: bytes, pylib: bytes = b"libpython3.11.so") -> bytes:
     return payload + COOKIE.pack(COOKIE_MAGIC, len(payload) + COOKIE.size, 0, 0, 311, pylib)
 
@@ -180,40 +190,96 @@ def arm64_slice(binary: bytes) -> bytes:
     raise ValueError("no arm64 slice")
 
 
-def signed_macho_stub(image: bytes, archive: bytes) -> bytes:
-    """What PyInstaller makes of its macOS bootloader (building/osx.py): the old
-    signature removed, the archive appended inside __LINKEDIT, then an ad-hoc
-    signature (a SHA-256 per 4 KiB page of everything before it) written after
-    the archive, where codesign puts it."""
-    commands = struct.unpack_from("<I", image, 16)[0]
-    at, signature_command, linkedit_command = 32, -1, -1
-    for _ in range(commands):
-        command, size = struct.unpack_from("<II", image, at)
-        if command == 0x1D:
-            signature_command = at
-        if command == 0x19 and image[at + 8 : at + 24].rstrip(b"\0") == b"__LINKEDIT":
-            linkedit_command = at
-        at += size
-    assert signature_command > 0 and linkedit_command > 0, "the bootloader is not signed"
+def signed_macho_stub(image: bytes, archive: bytes, identity_signed: bool = False) -> bytes:
+    """What PyInstaller makes of its macOS bootloader (building/osx.py): the linker's
+    signature removed, the archive appended as the string table's tail
+    (`fix_exe_for_code_signing`: LC_SYMTAB and __LINKEDIT grown over it), then
+    `codesign -s -`: an ad-hoc signature after the archive, as codesign writes one
+    (a CodeDirectory of SHA-256 page hashes and two special slots, an empty
+    requirements blob, an empty CMS blob; with `identity_signed`, a CMS signature
+    with content, as a Developer ID signature has)."""
+    commands = macho_commands(image)
+    signature_command, linkedit_command, symtab_command = (
+        commands["LC_CODE_SIGNATURE"],
+        commands["__LINKEDIT"],
+        commands["LC_SYMTAB"],
+    )
     old_signature_at = struct.unpack_from("<I", image, signature_command + 8)[0]
     body = bytearray(image[:old_signature_at]) + archive
+    string_table_at = struct.unpack_from("<I", body, symtab_command + 16)[0]
+    struct.pack_into("<I", body, symtab_command + 20, len(body) - string_table_at)
     body += bytes(-len(body) % 16)
     code_limit = len(body)
+    requirements = struct.pack(">III", 0xFADE0C01, 12, 0)
+    certificates = bytes(64 if identity_signed else 0)
+    cms = struct.pack(">II", 0xFADE0B01, 8 + len(certificates)) + certificates
+    identifier = b"llamapack-runtime\0"
+    header_size = 88  # CodeDirectory version 0x20400
+    hash_offset = header_size + len(identifier) + 2 * 32
+    pages = -(-code_limit // 4096)
+    directory_size = hash_offset + 32 * pages
+    blobs_at = 12 + 3 * 8
+    size = blobs_at + directory_size + len(requirements) + len(cms)
+    struct.pack_into("<II", body, signature_command + 8, code_limit, size)
+    linkedit_at = struct.unpack_from("<Q", body, linkedit_command + 40)[0]
+    linkedit_size = code_limit + size - linkedit_at
+    struct.pack_into("<Q", body, linkedit_command + 32, -(-linkedit_size // 0x4000) * 0x4000)  # vmsize
+    struct.pack_into("<Q", body, linkedit_command + 48, linkedit_size)  # filesize
     page_hashes = b"".join(
         hashlib.sha256(bytes(body[page : page + 4096])).digest() for page in range(0, code_limit, 4096)
     )
-    identifier = b"llamapack-runtime\0"
-    header_size = 44  # CodeDirectory up to scatterOffset (version 0x20100)
-    hash_offset = header_size + len(identifier)
+    special = hashlib.sha256(requirements).digest() + bytes(32)  # slots -2 (requirements), -1 (Info.plist)
     directory = struct.pack(
-        ">IIIIIIIIIBBBBII", 0xFADE0C02, hash_offset + len(page_hashes), 0x20100, 0x2, hash_offset,
-        header_size, 0, len(page_hashes) // 32, code_limit, 32, 2, 0, 12, 0, 0,
-    ) + identifier + page_hashes  # fmt: skip
-    blob = struct.pack(">IIIII", 0xFADE0CC0, 20 + len(directory), 1, 0, 20) + directory
-    signature = blob + bytes(-len(blob) % 16)
-    struct.pack_into("<II", body, signature_command + 8, code_limit, len(signature))
-    linkedit_at = struct.unpack_from("<Q", body, linkedit_command + 40)[0]
-    linkedit_size = code_limit + len(signature) - linkedit_at
-    struct.pack_into("<Q", body, linkedit_command + 32, linkedit_size + (-linkedit_size % 0x4000))  # vmsize
-    struct.pack_into("<Q", body, linkedit_command + 48, linkedit_size)  # filesize
-    return bytes(body) + signature
+        ">9I4B4IQQQQ", 0xFADE0C02, directory_size, 0x20400, 0x2, hash_offset, header_size, 2, pages,
+        code_limit, 32, 2, 0, 12, 0, 0, 0, 0, 0, 0, 0x4000, 1,
+    ) + identifier + special + page_hashes  # fmt: skip
+    index = struct.pack(
+        ">IIIIIIIII", 0xFADE0CC0, size, 3, 0, blobs_at, 2, blobs_at + len(directory),
+        0x10000, blobs_at + len(directory) + len(requirements),
+    )  # fmt: skip
+    return bytes(body) + index + directory + requirements + cms
+
+
+def macho_commands(image: bytes | bytearray) -> dict[str, int]:
+    """Where a Mach-O's LC_SYMTAB, LC_CODE_SIGNATURE and segment commands (by name) are."""
+    count, at, found = struct.unpack_from("<I", image, 16)[0], 32, {}
+    for _ in range(count):
+        command, size = struct.unpack_from("<II", image, at)
+        if command == 0x1D:
+            found["LC_CODE_SIGNATURE"] = at
+        elif command == 0x2:
+            found["LC_SYMTAB"] = at
+        elif command == 0x19:
+            found[bytes(image[at + 8 : at + 24]).rstrip(b"\0").decode()] = at
+        at += size
+    return found
+
+
+def adhoc_signature_holds(image: bytes | bytearray) -> bool:
+    """What macOS checks of an ad-hoc signed image, read independently of the
+    builder's signer: LC_CODE_SIGNATURE points at a signature that __LINKEDIT ends
+    with, the string table ends before it, and its CodeDirectory hashes every 4 KiB
+    page up to it."""
+    commands = macho_commands(image)
+    signature_at, signature_size = struct.unpack_from("<II", image, commands["LC_CODE_SIGNATURE"] + 8)
+    linkedit_at, linkedit_size = struct.unpack_from("<QQ", image, commands["__LINKEDIT"] + 40)
+    string_table_at, string_table_size = struct.unpack_from("<II", image, commands["LC_SYMTAB"] + 16)
+    if linkedit_at + linkedit_size != signature_at + signature_size or signature_at % 16:
+        return False
+    if string_table_at + string_table_size > signature_at:
+        return False
+    magic, _, count = struct.unpack_from(">III", image, signature_at)
+    for index in range(count):
+        _, offset = struct.unpack_from(">II", image, signature_at + 12 + 8 * index)
+        at = signature_at + offset
+        if struct.unpack_from(">I", image, at)[0] != 0xFADE0C02:
+            continue
+        _, _, _, _, hash_offset, _, _, pages, code_limit = struct.unpack_from(">9I", image, at)
+        page_size = 1 << image[at + 39]
+        hashes = bytes(image[at + hash_offset : at + hash_offset + 32 * pages])
+        expected = b"".join(
+            hashlib.sha256(bytes(image[page : min(page + page_size, code_limit)])).digest()
+            for page in range(0, code_limit, page_size)
+        )
+        return magic == 0xFADE0CC0 and code_limit == signature_at and hashes == expected
+    return False

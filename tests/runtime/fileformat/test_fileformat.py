@@ -23,8 +23,8 @@ from llamapack.runtime.fileformat import read_stub
 from llamapack.runtime.fileformat.executables import REACH
 from llamapack.runtime.fileformat.zip_layout import moves_archive
 from tests.support.fakes import (
-    COOKIE,
     COOKIE_MAGIC,
+    bootloader_view,
     elf_stub,
     macho_stub,
     pe_stub,
@@ -71,15 +71,6 @@ def test_the_stub_is_kept_byte_for_byte(tiny_gguf, fake_stub, tmp_path):
     out = _build(tiny_gguf, fake_stub, tmp_path / "model").read_bytes()
     assert out[: len(stub)] == stub
     assert read_sections(out) == read_sections(stub)
-
-
-def bootloader_view(data: bytes | mmap.mmap) -> tuple[int, bytes]:
-    """What PyInstaller's bootloader reads: the last cookie gives the archive's start
-    and its table of contents (entries are addressed from that start)."""
-    cookie_at = data.rfind(COOKIE_MAGIC)
-    _, length, toc_offset, toc_length, _, _ = COOKIE.unpack_from(data, cookie_at)
-    archive_at = cookie_at + COOKIE.size - length
-    return archive_at, data[archive_at + toc_offset : archive_at + toc_offset + toc_length]
 
 
 def test_bootloader_finds_its_archive_from_the_end(tiny_gguf, tmp_path):
@@ -228,8 +219,9 @@ def sections_of(data: mmap.mmap) -> dict[str, tuple[int, int]]:
 
 
 def test_a_stub_that_cannot_be_split_keeps_a_whole_archive_copy():
-    """A Mach-O (its signature covers the archive) or an ELF whose segments reach
-    into the archive: past 4 GiB, a whole copy of the archive follows the model."""
+    """A Mach-O without the load commands to sign it again (here: none at all) or an
+    ELF whose segments reach into the archive: past 4 GiB, a whole copy of the
+    archive follows the model."""
     stub = ff.read_stub(macho_stub())
     assert stub.split(len(stub.data) + 100) is None
     model = ff.place_model(stub, "big.gguf", 5 * 1024**3)
