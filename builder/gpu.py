@@ -15,7 +15,7 @@ index, whose hash the release file signed by Debian's archive key vouches for
 with trixie's own C library through its dynamic loader. Nothing is installed.
 
 Cache (cache_dir()/gpu/):
-    vulkan-toolchain-<RECIPE>/             glslc, trixie's libraries and Vulkan headers
+    vulkan-toolchain-<TOOLCHAIN_RECIPE>/   glslc, trixie's libraries and Vulkan headers
     vulkan-<version>-<target>-<RECIPE>/    libggml-vulkan.so (stripped) and its .xz
 """
 
@@ -28,6 +28,7 @@ import lzma
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,9 +47,10 @@ from .stub import run_logged as _run
 
 Log = Callable[[str], None]
 
-RECIPE = "r4"  # bump when a change below gives a different library
+RECIPE = "r5"  # bump when a change below gives a different library
+TOOLCHAIN_RECIPE = "r4"  # bump when the toolchain's packages or its glslc wrapper change
 OPT_OUT = "LLAMAPACK_GPU_BACKENDS"
-TARGET = "ggml-vulkan"  # the one cmake target built  # bump when a change below gives a different library
+TARGET = "ggml-vulkan"  # the one cmake target built
 MIRROR = os.environ.get("LLAMAPACK_DEBIAN_MIRROR", "https://deb.debian.org/debian")
 SUITE = "trixie"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -112,7 +114,8 @@ def ensure_vulkan(log: Log, target: str = "linux-x86_64") -> Path:
     _require_tools(("cmake", "ninja", "c++", *cross_tools))
     with _scratch(folder) as work:
         source = _llama_cpp_source(work, log_path)
-        explicit_infinities(source / "ggml" / "src" / "ggml-vulkan" / "vulkan-shaders")
+        exact_half_constants(source / "ggml" / "src" / "ggml-vulkan" / "vulkan-shaders")
+        glslc = checked_glslc(work, toolchain)
         build = work / "build"
         headers = toolchain / "root" / "usr" / "include"
         if windows:
@@ -142,7 +145,7 @@ def ensure_vulkan(log: Log, target: str = "linux-x86_64") -> Path:
         _run(
             [
                 "cmake", "-S", str(source), "-B", str(build), "-G", "Ninja", *_CMAKE_OPTIONS, *target_options,
-                f"-DVulkan_GLSLC_EXECUTABLE={toolchain / 'glslc'}", f"-DVulkan_INCLUDE_DIR={headers}",
+                f"-DVulkan_GLSLC_EXECUTABLE={glslc}", f"-DVulkan_INCLUDE_DIR={headers}",
                 # The scratch folder's name out of assert messages: the same library every build.
                 f"-DCMAKE_C_FLAGS=-ffile-prefix-map={work}=/llamapack",
                 f"-DCMAKE_CXX_FLAGS=-ffile-prefix-map={work}=/llamapack",
@@ -170,29 +173,69 @@ def ensure_vulkan(log: Log, target: str = "linux-x86_64") -> Path:
     return folder
 
 
-_DIVIDED_BY_ZERO = re.compile(r"(-\s*)?1\.0\s*/\s*0\.0")
-# A global const must have a constant initializer, which uintBitsToFloat is not: a macro then.
-_CONST_DIVIDED_BY_ZERO = re.compile(r"^const\s+float\s+(\w+)\s*=\s*(-\s*)?1\.0\s*/\s*0\.0\s*;", re.MULTILINE)
-_INFINITY = {False: "uintBitsToFloat(0x7F800000u)", True: "uintBitsToFloat(0xFF800000u)"}
+# A constructor of a type that may be a 16-bit float, all of whose arguments are integer
+# literals: `float16_t(0)`, `D_TYPE(0)`, `FLOAT_TYPEV4(0)`, `ACC_TYPE(2)`.
+_HALF_FROM_INTEGERS = re.compile(
+    r"\b(float16_t|f16vec[234]|[A-Z][A-Z0-9_]*TYPE(?:V[234]|_VEC[234])?)"
+    r"\(\s*(-?\d+\s*(?:,\s*-?\d+\s*)*)\)"
+)
 
 
-def explicit_infinities(shaders: Path) -> int:
-    """Write the shaders' `1.0 / 0.0` as the bits of infinity. glslc 2025.2 folds that
-    division to +inf in one build and to 0 in another (two builds of this recipe
-    differed in exactly that constant), and 0 breaks what starts from it: the minimum
-    search of copy_to_quant, topk_moe's masking. Returns how many were replaced."""
+def exact_half_constants(shaders: Path) -> int:
+    """Write the integer literals the shaders convert to 16-bit floats as float
+    literals (`D_TYPE(0)` becomes `D_TYPE(0.0)`). trixie's glslc folds an integer
+    constant into a float16_t from memory it never wrote: tri.comp's `D_TYPE(0)`
+    came out as +inf or 0 depending on the length of the source file's path, and
+    `float16_t(1)` as +inf. From a float literal it folds exactly. Returns how many
+    constructors were rewritten; `checked_glslc` catches any such fold left."""
     count = 0
     for path in sorted(shaders.glob("*.comp")) + sorted(shaders.glob("*.glsl")):
         text = path.read_text()
-        new, defined = _CONST_DIVIDED_BY_ZERO.subn(
-            lambda match: f"#define {match.group(1)} {_INFINITY[bool(match.group(2))]}", text
+        new, replaced = _HALF_FROM_INTEGERS.subn(
+            lambda match: f"{match.group(1)}({', '.join(f'{int(n)}.0' for n in match.group(2).split(','))})",
+            text,
         )
-        new, replaced = _DIVIDED_BY_ZERO.subn(lambda match: _INFINITY[bool(match.group(1))], new)
-        replaced += defined
         if replaced:
             path.write_text(new)
             count += replaced
     return count
+
+
+# Runs glslc twice on every shader, its heap first filled with one byte pattern, then
+# another (glibc's MALLOC_PERTURB_): a constant folded from memory glslc never wrote
+# differs between the two, and the build stops instead of shipping a wrong shader.
+# cmake's feature tests (`-o -`) run once. The second run writes no dependency file.
+_CHECKED_GLSLC = """#!/bin/bash
+glslc={glslc}
+out="" second=() skip=0
+for arg in "$@"; do
+    if ((skip)); then skip=0; continue; fi
+    case "$arg" in
+        -MD) continue ;;
+        -MF) skip=1; continue ;;
+    esac
+    if [[ ${{#second[@]}} -gt 0 && ${{second[-1]}} == -o ]]; then out=$arg; arg=$arg.check; fi
+    second+=("$arg")
+done
+if [[ -z $out || $out == - ]]; then exec "$glslc" "$@"; fi
+MALLOC_PERTURB_=85 "$glslc" "$@" || exit
+MALLOC_PERTURB_=170 "$glslc" "${{second[@]}}" || exit
+if ! cmp -s "$out" "$out.check"; then
+    rm -f "$out" "$out.check"
+    echo "glslc folded a constant in $out from memory it never wrote (a glslc bug):" \\
+        "see exact_half_constants in llamapack's builder/gpu.py" >&2
+    exit 1
+fi
+rm -f "$out.check"
+"""
+
+
+def checked_glslc(folder: Path, toolchain: Path) -> Path:
+    """A glslc for the build that fails on output that depends on uninitialized memory."""
+    script = folder / "glslc-checked"
+    script.write_text(_CHECKED_GLSLC.format(glslc=shlex.quote(str(toolchain / "glslc"))))
+    script.chmod(0o755)
+    return script
 
 
 def _windows_import_library(work: Path, log_path: Path) -> Path:
@@ -233,7 +276,7 @@ def pack(library: Path, folder: Path, name: str) -> PackedBackend:
 
 
 def toolchain_dir() -> Path:
-    return cache_dir() / "gpu" / f"vulkan-toolchain-{RECIPE}"
+    return cache_dir() / "gpu" / f"vulkan-toolchain-{TOOLCHAIN_RECIPE}"
 
 
 def ensure_toolchain(log: Log) -> Path:

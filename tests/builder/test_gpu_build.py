@@ -130,15 +130,54 @@ def test_a_release_file_for_another_suite_or_unsigned_is_refused(mirror, tmp_pat
         gpu._signed_packages_index(fresh(tmp_path, "second"))
 
 
-def test_shader_infinities_are_written_as_bits_not_divisions(tmp_path):
-    shader = "const float INFINITY = 1.0 / 0.0;\nfloat m = -1.0/0.0;\nfloat h = 1.0 / 2.0;\n"
-    (tmp_path / "a.comp").write_text(shader)
-    (tmp_path / "b.glsl").write_text("float vmin = 1.0/0.0;\n")
-    (tmp_path / "c.txt").write_text("1.0/0.0\n")
-    assert gpu.explicit_infinities(tmp_path) == 3
-    assert (tmp_path / "a.comp").read_text() == (
-        "#define INFINITY uintBitsToFloat(0x7F800000u)\n"
-        "float m = uintBitsToFloat(0xFF800000u);\nfloat h = 1.0 / 2.0;\n"
+def test_integer_literals_made_16_bit_floats_are_written_as_float_literals(tmp_path):
+    (tmp_path / "a.comp").write_text(
+        "data_d[i] = D_TYPE(0);\nf16vec4 z = f16vec4(0, 1, -2, 3);\nACC_TYPE s = ACC_TYPE(16) * x;\n"
+        "FLOAT_TYPEV4 v = FLOAT_TYPEV4(0);\nuint n = uint(0);\nu16vec4 q = u16vec4(0);\n"
+        "D_TYPE y = D_TYPE(x);\nfloat16_t h = float16_t(0.5);\n"
     )
-    assert (tmp_path / "b.glsl").read_text() == "float vmin = uintBitsToFloat(0x7F800000u);\n"
-    assert (tmp_path / "c.txt").read_text() == "1.0/0.0\n"
+    (tmp_path / "b.glsl").write_text("#define ZERO float16_t(0)\n")
+    (tmp_path / "c.txt").write_text("D_TYPE(0)\n")
+    assert gpu.exact_half_constants(tmp_path) == 5
+    assert (tmp_path / "a.comp").read_text() == (
+        "data_d[i] = D_TYPE(0.0);\nf16vec4 z = f16vec4(0.0, 1.0, -2.0, 3.0);\n"
+        "ACC_TYPE s = ACC_TYPE(16.0) * x;\n"
+        "FLOAT_TYPEV4 v = FLOAT_TYPEV4(0.0);\nuint n = uint(0);\nu16vec4 q = u16vec4(0);\n"
+        "D_TYPE y = D_TYPE(x);\nfloat16_t h = float16_t(0.5);\n"
+    )
+    assert (tmp_path / "b.glsl").read_text() == "#define ZERO float16_t(0.0)\n"
+    assert (tmp_path / "c.txt").read_text() == "D_TYPE(0)\n"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("heap_dependent", [False, True])
+def test_the_checked_glslc_stops_output_that_depends_on_uninitialized_memory(tmp_path, heap_dependent):
+    """A stand-in glslc whose output is (or is not) what its heap held, as trixie's was
+    for tri.comp: the wrapper compiles twice with different heap fillings and refuses
+    output that differs, without writing a second dependency file."""
+    toolchain = tmp_path / "toolchain"
+    toolchain.mkdir()
+    calls = tmp_path / "calls"
+    (toolchain / "glslc").write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {calls}\n'
+        'while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; [ "$1" = -MF ] && echo deps > "$2"; shift; done\n'
+        f'echo "spirv {"$MALLOC_PERTURB_" if heap_dependent else ""}" > "$out"\n'
+    )
+    (toolchain / "glslc").chmod(0o755)
+    checked = gpu.checked_glslc(tmp_path, toolchain)
+    out = tmp_path / "tri_f16.spv"
+    command = [str(checked), "-fshader-stage=compute", "tri.comp", "-o", str(out), "-O", "-MD", "-MF",
+               str(tmp_path / "tri.cpp.d"), "-DD_TYPE=float16_t"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    first, second = calls.read_text().splitlines()
+    assert "-MF" in first and "-MD" not in second and "-MF" not in second and f"{out}.check" in second
+    assert not (tmp_path / "tri_f16.spv.check").exists()
+    if heap_dependent:
+        assert result.returncode == 1 and not out.exists()
+        assert result.stderr.startswith(f"glslc folded a constant in {out} from memory it never wrote")
+    else:
+        assert result.returncode == 0 and result.stderr == "" and out.read_text() == "spirv \n"
+    feature_test = [str(checked), "-o", "-", "feature.comp"]
+    passthrough = subprocess.run(feature_test, capture_output=True, text=True, cwd=tmp_path)
+    assert passthrough.returncode == 0 and len(calls.read_text().splitlines()) == 3
