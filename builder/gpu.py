@@ -101,7 +101,7 @@ def vulkan_dir(target: str = "linux-x86_64") -> Path:
 
 def ensure_vulkan(log: Log, target: str = "linux-x86_64") -> Path:
     """ggml-vulkan for this llama-cpp-python and `target` (linux-x86_64; windows-x86_64
-    and linux-aarch64 cross-compiled), compiled once (about 3 minutes on 2 cores) and
+    and linux-aarch64 cross-compiled), compiled once (about 6 minutes on 2 cores: every shader twice) and
     cached with its xz-compressed copy."""
     folder = vulkan_dir(target)
     if (folder / ".complete").is_file():
