@@ -12,8 +12,9 @@ CodeDirectory of SHA-256 hashes, one per 4 KiB page of everything before it. The
 archive, which addresses everything relative to its cookie, then follows the
 model, and the runtime is still in the file once.
 
-Only an ad-hoc signature is replaced: a stub signed with a real identity keeps
-its signature, and its file a copy of the archive instead (see `executables`).
+Only a plain ad-hoc signature is replaced: a stub signed with a real identity, or
+with entitlements, keeps its signature, and its file a copy of the archive
+instead (see `executables`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _MH_EXECUTE = 2
 _CPU_ARM64 = 0x0100000C
 LC_SYMTAB, LC_SEGMENT_64, LC_CODE_SIGNATURE = 0x2, 0x19, 0x1D
 _EMBEDDED_SIGNATURE, _CODE_DIRECTORY, _CMS_WRAPPER = 0xFADE0CC0, 0xFADE0C02, 0xFADE0B01
+_ENTITLEMENTS = (0xFADE7171, 0xFADE7172)  # as XML and as DER
 _CS_ADHOC, _CS_LINKER_SIGNED = 0x2, 0x20000
 _CS_EXECSEG_MAIN_BINARY = 0x1
 _SUPPORTS_EXECSEG = 0x20400  # the CodeDirectory version ld64 writes
@@ -104,7 +106,7 @@ def sign(image: bytes | bytearray, identifier: bytes) -> bytes:
     body = bytearray(image)
     body += bytes(-len(body) % 16)
     code_limit = len(body)
-    pages = -(-code_limit >> _PAGE_SHIFT)
+    pages = -(-code_limit // (1 << _PAGE_SHIFT))
     name = identifier + b"\0"
     directory_size = _CODE_DIRECTORY_HEADER.size + len(name) + 32 * pages
     signature_size = _SUPER_BLOB.size + directory_size
@@ -141,8 +143,9 @@ def _segment_name(data: bytes | bytearray, command: LoadCommand) -> bytes:
 
 
 def _adhoc_identifier(signature: bytes) -> bytes | None:
-    """The identifier of an ad-hoc signature (a CodeDirectory flagged ad hoc and no
-    CMS signature with content); None for any other signature."""
+    """The identifier of a plain ad-hoc signature (a CodeDirectory flagged ad hoc, no
+    CMS signature with content, no entitlements, which a new signature would drop);
+    None for any other signature."""
     try:
         magic, _, count = struct.unpack_from(">III", signature, 0)
         if magic != _EMBEDDED_SIGNATURE:
@@ -153,6 +156,8 @@ def _adhoc_identifier(signature: bytes) -> bytes | None:
             blob_magic, blob_length = struct.unpack_from(">II", signature, offset)
             if blob_magic == _CMS_WRAPPER and blob_length > 8:
                 return None  # signed with an identity: ours would replace it
+            if blob_magic in _ENTITLEMENTS:
+                return None
             if blob_magic == _CODE_DIRECTORY and identifier is None:
                 flags, _, ident_at = struct.unpack_from(">III", signature, offset + 12)
                 if not flags & _CS_ADHOC:

@@ -146,10 +146,24 @@ def test_a_file_over_4_gib_signs_the_image_again_and_holds_the_runtime_once(
         assert archive.read(".args") == b"...\n"
 
 
-def test_a_stub_signed_with_an_identity_keeps_its_signature(macos_bootloader: bytes, tmp_path: Path) -> None:
-    """Signing again would void a Developer ID signature: such a stub stays whole, and
-    past 4 GiB a copy of its archive follows the model."""
-    signed = signed_macho_stub(macos_bootloader, ARCHIVE, identity_signed=True)
+def _with_entitlements(signed: bytes) -> bytes:
+    """The stub with its (empty) CMS blob turned into an entitlements blob."""
+    data = bytearray(signed)
+    cms_at = data.rindex(struct.pack(">II", 0xFADE0B01, 8))
+    struct.pack_into(">I", data, cms_at, 0xFADE7171)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["identity", "entitlements"])
+def test_a_stub_signed_with_an_identity_or_entitlements_keeps_its_signature(
+    macos_bootloader: bytes, tmp_path: Path, kind: str
+) -> None:
+    """Signing again would void a Developer ID signature or drop the entitlements: such
+    a stub stays whole, and past 4 GiB a copy of its archive follows the model."""
+    if kind == "identity":
+        signed = signed_macho_stub(macos_bootloader, ARCHIVE, identity_signed=True)
+    else:
+        signed = _with_entitlements(signed_macho_stub(macos_bootloader, ARCHIVE))
     stub = ff.read_stub(signed)
     assert stub.split(len(signed) + 100) is None
     path = tmp_path / "big"
