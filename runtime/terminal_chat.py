@@ -424,7 +424,13 @@ class _one_interrupt_per_keypress:
         self.previous: object = None
 
     def handler(self, _number: int, _frame: FrameType | None) -> None:
-        now = time.monotonic()
+        try:
+            now = time.monotonic()
+        except SystemError:
+            # input() checks signals once more before it raises the first copy's
+            # KeyboardInterrupt: this copy's handler then runs with that exception
+            # pending, and any C call in it fails so. It is the same keypress.
+            raise KeyboardInterrupt from None
         if now - self.last < self.window:
             return
         self.last = now

@@ -326,3 +326,26 @@ def test_save_path_expands_the_home_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     chat(Scripted(), "Hi\n/save ~/c.json\n")
     assert Path(tmp_path / "c.json").is_file()
+
+
+def test_a_second_copy_of_ctrl_c_raised_while_the_first_is_pending_is_one_interrupt(monkeypatch):
+    """The bootloader forwards a Ctrl-C the child got from the terminal too. input()
+    checks signals again before raising the first copy's KeyboardInterrupt, so the
+    second copy's handler runs with it pending, and its first C call fails with
+    SystemError (seen on CI: a traceback instead of a fresh prompt). It must raise
+    the KeyboardInterrupt instead; a copy arriving later, within the window, is ignored."""
+    catcher = tc._one_interrupt_per_keypress()
+    catcher.window = tc.SAME_KEYPRESS_S
+    clock = iter([100.0, 100.2])
+    monkeypatch.setattr(tc.time, "monotonic", lambda: next(clock))
+    with pytest.raises(KeyboardInterrupt):
+        catcher.handler(2, None)
+    assert catcher.handler(2, None) is None  # a copy 0.2 s later: the same keypress
+
+    def pending(*_args: object) -> float:
+        raise SystemError("<built-in function monotonic> returned a result with an exception set")
+
+    monkeypatch.setattr(tc.time, "monotonic", pending)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        catcher.handler(2, None)
+    assert raised.value.__suppress_context__
