@@ -26,9 +26,9 @@ headers moved to match (the archive is a section no segment loads, so the progra
 is the same). PE files of that size keep the model beside the `.exe`. A Mach-O
 stub's signature covers its archive, so its image is signed again without it
 (`macho.without_archive`, ad hoc as the linker signs) and the archive follows the
-model; only a stub signed with a real identity, which that would void, is
-followed by a whole copy of its archive instead (a fraction of a percent of such
-a file).
+model; only a stub whose signature that would void, drop entitlements from or
+falsely renew (code changed since it was signed) is followed by a whole copy of
+its archive instead (a fraction of a percent of such a file).
 """
 
 from __future__ import annotations
@@ -202,8 +202,8 @@ class Stub:
         cookie and the section names and headers, their offsets moved; a Mach-O's
         front is its image signed again without the archive, its back the archive.
         None where the stub is not laid out so: a PE, a loaded segment or a section
-        reaching into the archive, section headers before it, or a Mach-O signed
-        with a real identity."""
+        reaching into the archive, section headers before it, or a Mach-O whose
+        signature is not a plain ad-hoc one that holds (`macho.without_archive`)."""
         if self.kind == "macho":
             signed = without_archive(self.data, self.archive_at, self.cookie_at + PYI_COOKIE.size)
             return None if signed is None else (signed, bytes(self.archive))

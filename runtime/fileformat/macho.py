@@ -83,7 +83,7 @@ def without_archive(data: bytes, archive_at: int, archive_end: int) -> bytes | N
             return None
         string_table_at, string_table_size = struct.unpack_from("<II", data, symtab.at + 16)
         signature_at = struct.unpack_from("<I", data, signature.at + 8)[0]
-        identifier = _adhoc_identifier(data[signature_at:])
+        identifier = _adhoc_identifier(data, signature_at)
         if identifier is None:
             return None
         # PyInstaller's layout: the string table runs from before the archive to past it.
@@ -142,10 +142,12 @@ def _segment_name(data: bytes | bytearray, command: LoadCommand) -> bytes:
     return bytes(data[command.at + 8 : command.at + 24]).rstrip(b"\0")
 
 
-def _adhoc_identifier(signature: bytes) -> bytes | None:
-    """The identifier of a plain ad-hoc signature (a CodeDirectory flagged ad hoc, no
-    CMS signature with content, no entitlements, which a new signature would drop);
-    None for any other signature."""
+def _adhoc_identifier(data: bytes, signature_at: int) -> bytes | None:
+    """The identifier of a plain ad-hoc signature that holds: a CodeDirectory flagged
+    ad hoc whose page hashes match the image (a damaged stub is never signed again:
+    macOS refuses it, as it refuses the stub), no CMS signature with content, no
+    entitlements (a new signature would drop them). None for any other signature."""
+    signature = data[signature_at:]
     try:
         magic, _, count = struct.unpack_from(">III", signature, 0)
         if magic != _EMBEDDED_SIGNATURE:
@@ -159,11 +161,28 @@ def _adhoc_identifier(signature: bytes) -> bytes | None:
             if blob_magic in _ENTITLEMENTS:
                 return None
             if blob_magic == _CODE_DIRECTORY and identifier is None:
-                flags, _, ident_at = struct.unpack_from(">III", signature, offset + 12)
-                if not flags & _CS_ADHOC:
+                flags, hashes_at, ident_at = struct.unpack_from(">III", signature, offset + 12)
+                if not flags & _CS_ADHOC or not _pages_hold(data, signature, offset, hashes_at):
                     return None
                 end = signature.index(b"\0", offset + ident_at)
                 identifier = signature[offset + ident_at : end]
         return identifier
     except (struct.error, ValueError):
         return None
+
+
+def _pages_hold(data: bytes, signature: bytes, directory_at: int, hashes_at: int) -> bool:
+    """Whether a CodeDirectory's page hashes (SHA-256 or SHA-1) match the image."""
+    _, pages, code_limit = struct.unpack_from(">III", signature, directory_at + 24)
+    hash_size, hash_type, _, page_shift = struct.unpack_from(">4B", signature, directory_at + 36)
+    algorithm = {_SHA256: "sha256", 1: "sha1"}.get(hash_type)
+    page = 1 << page_shift
+    if algorithm is None or code_limit > len(data) or pages != -(-code_limit // page):
+        return False
+    stored = signature[directory_at + hashes_at : directory_at + hashes_at + hash_size * pages]
+    view = memoryview(data)
+    computed = b"".join(
+        hashlib.new(algorithm, view[at : min(at + page, code_limit)]).digest()[:hash_size]
+        for at in range(0, code_limit, page)
+    )
+    return stored == computed

@@ -100,6 +100,7 @@ def test_the_signer_writes_the_signature_apples_linker_wrote(macos_bootloader: b
     assert signature_at is not None
     assert macho.sign(macos_bootloader[:signature_at], b"run") == macos_bootloader
     assert adhoc_signature_holds(macos_bootloader)
+    assert macho._adhoc_identifier(macos_bootloader, signature_at) == b"run"  # read back, hashes checked
 
 
 def _write_big_file(stub: ff.Stub, path: Path, size: int) -> ff.Plan:
@@ -154,16 +155,28 @@ def _with_entitlements(signed: bytes) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("kind", ["identity", "entitlements"])
-def test_a_stub_signed_with_an_identity_or_entitlements_keeps_its_signature(
+def _damaged(signed: bytes) -> bytes:
+    """The stub with one byte of its code changed after it was signed."""
+    data = bytearray(signed)
+    data[0x2000] ^= 0xFF
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["identity", "entitlements", "damaged"])
+def test_a_stub_signed_with_an_identity_or_entitlements_or_damaged_keeps_its_signature(
     macos_bootloader: bytes, tmp_path: Path, kind: str
 ) -> None:
-    """Signing again would void a Developer ID signature or drop the entitlements: such
-    a stub stays whole, and past 4 GiB a copy of its archive follows the model."""
+    """Signing again would void a Developer ID signature, drop the entitlements, or
+    bless code changed after it was signed (macOS refuses to run that stub, and so
+    the file): such a stub stays whole, and past 4 GiB a copy of its archive follows
+    the model."""
     if kind == "identity":
         signed = signed_macho_stub(macos_bootloader, ARCHIVE, identity_signed=True)
-    else:
+    elif kind == "entitlements":
         signed = _with_entitlements(signed_macho_stub(macos_bootloader, ARCHIVE))
+    else:
+        signed = _damaged(signed_macho_stub(macos_bootloader, ARCHIVE))
+        assert not adhoc_signature_holds(signed)
     stub = ff.read_stub(signed)
     assert stub.split(len(signed) + 100) is None
     path = tmp_path / "big"
