@@ -12,8 +12,9 @@ A built file is at once the runtime executable and a ZIP archive::
 With a model of about 4 GiB or more, which no 32-bit cookie reaches back over, the
 stub is split instead: its image, the model and the other entries, then its
 archive (an ELF's section headers with it, offsets moved; a Mach-O's image signed
-again without it, see `macho`). Only a stub signed with a real identity is
-followed by a whole copy of its archive (see `executables`).
+again without it, see `macho`). Only a Mach-O whose signature cannot be renewed
+(a real identity, entitlements, or code changed since signing) is followed by a
+whole copy of its archive (see `executables`).
     [ZIP central directory] [ZIP64 end records when needed] [end record]
 
 Why this order:

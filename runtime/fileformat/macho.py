@@ -12,9 +12,9 @@ CodeDirectory of SHA-256 hashes, one per 4 KiB page of everything before it. The
 archive, which addresses everything relative to its cookie, then follows the
 model, and the runtime is still in the file once.
 
-Only a plain ad-hoc signature is replaced: a stub signed with a real identity, or
-with entitlements, keeps its signature, and its file a copy of the archive
-instead (see `executables`).
+Only a plain ad-hoc signature that holds is replaced: a stub signed with a real
+identity, with entitlements, or changed since it was signed keeps its signature,
+and its file a copy of the archive instead (see `executables`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def code_signature_at(data: bytes) -> int | None:
 def without_archive(data: bytes, archive_at: int, archive_end: int) -> bytes | None:
     """The image with PyInstaller's archive (at [archive_at, archive_end), inside
     the string table) taken out and an ad-hoc signature written where the archive
-    began; None where this image is not laid out so, or is signed with a real identity."""
+    began; None where this image is not laid out so, or its signature is not a plain
+    ad-hoc one that holds (`_adhoc_identifier`)."""
     try:
         commands = {command.command: command for command in load_commands(data)}
         symtab, signature = commands.get(LC_SYMTAB), commands.get(LC_CODE_SIGNATURE)
@@ -83,13 +84,14 @@ def without_archive(data: bytes, archive_at: int, archive_end: int) -> bytes | N
             return None
         string_table_at, string_table_size = struct.unpack_from("<II", data, symtab.at + 16)
         signature_at = struct.unpack_from("<I", data, signature.at + 8)[0]
-        identifier = _adhoc_identifier(data, signature_at)
-        if identifier is None:
-            return None
-        # PyInstaller's layout: the string table runs from before the archive to past it.
+        # PyInstaller's layout: the string table runs from before the archive to past
+        # it, and the signature follows. Checked before the signature's page hashes.
         if not string_table_at <= archive_at < archive_end <= string_table_at + string_table_size:
             return None
         if signature_at < archive_end:
+            return None
+        identifier = _adhoc_identifier(data, signature_at)
+        if identifier is None:
             return None
         body = bytearray(data[:archive_at])
         struct.pack_into("<I", body, symtab.at + 20, archive_at - string_table_at)
@@ -129,11 +131,7 @@ def sign(image: bytes | bytearray, identifier: bytes) -> bytes:
         _CODE_DIRECTORY_HEADER.size + len(name), _CODE_DIRECTORY_HEADER.size, 0, pages, code_limit,
         32, _SHA256, 0, _PAGE_SHIFT, 0, 0, 0, 0, 0, text_at, text_size, exec_flags,
     )  # fmt: skip
-    view = memoryview(body)
-    hashes = b"".join(
-        hashlib.sha256(view[at : at + (1 << _PAGE_SHIFT)]).digest()
-        for at in range(0, code_limit, 1 << _PAGE_SHIFT)
-    )
+    hashes = _page_hashes(body, code_limit, 1 << _PAGE_SHIFT, "sha256")
     blob = _SUPER_BLOB.pack(_EMBEDDED_SIGNATURE, signature_size, 1, 0, _SUPER_BLOB.size)
     return bytes(body) + blob + header + name + hashes
 
@@ -180,9 +178,15 @@ def _pages_hold(data: bytes, signature: bytes, directory_at: int, hashes_at: int
     if algorithm is None or code_limit > len(data) or pages != -(-code_limit // page):
         return False
     stored = signature[directory_at + hashes_at : directory_at + hashes_at + hash_size * pages]
-    view = memoryview(data)
-    computed = b"".join(
-        hashlib.new(algorithm, view[at : min(at + page, code_limit)]).digest()[:hash_size]
+    return stored == _page_hashes(data, code_limit, page, algorithm, hash_size)
+
+
+def _page_hashes(
+    image: bytes | bytearray, code_limit: int, page: int, algorithm: str, size: int = 32
+) -> bytes:
+    """A CodeDirectory's code slots: each `page` of `image` up to `code_limit` hashed."""
+    view = memoryview(image)
+    return b"".join(
+        hashlib.new(algorithm, view[at : min(at + page, code_limit)]).digest()[:size]
         for at in range(0, code_limit, page)
     )
-    return stored == computed

@@ -126,7 +126,7 @@ class Plan:
 
     @functools.cached_property
     def split(self) -> tuple[bytes, bytes] | None:
-        if self.model is None or not moves_archive(self.stub, self.model.size, _total(self.payload)):
+        if self.model is None or not _beyond_reach(self.stub, self.model.size, _total(self.payload)):
             return None
         return self.stub.split(self.archive_at)
 
@@ -196,22 +196,20 @@ def moves_archive(stub: Stub, model_size: int, payload_size: int = 0) -> bool:
     """Whether the model goes between the stub's image and its archive: where no
     pointer could reach back over it (and the GPU runtime after it), and the stub
     can be split (an ELF, or a Mach-O signed ad hoc)."""
-    return _split_front(stub, model_size, payload_size) is not None
+    return _beyond_reach(stub, model_size, payload_size) and stub.split(len(stub.data)) is not None
 
 
-def _split_front(stub: Stub, model_size: int, payload_size: int) -> bytes | None:
+def _beyond_reach(stub: Stub, model_size: int, payload_size: int) -> bool:
+    """Whether a pointer written after the model could not reach back to the archive."""
     between = MODEL_ALIGNMENT + model_size + payload_size + _SMALL_PARTS
-    if len(stub.data) + between - stub.archive_at < REACH:
-        return None
-    split = stub.split(len(stub.data))
-    return None if split is None else split[0]
+    return len(stub.data) + between - stub.archive_at >= REACH
 
 
 def place_model(stub: Stub, model_name: str, model_size: int, payload_size: int = 0) -> Member:
     """The model's ZIP member, placed so its data starts 64 KiB aligned; `payload_size`:
     the GPU runtime's members that will follow it."""
-    front = _split_front(stub, model_size, payload_size)
-    start = len(stub.data) if front is None else len(front)
+    split = stub.split(len(stub.data)) if _beyond_reach(stub, model_size, payload_size) else None
+    start = len(stub.data) if split is None else len(split[0])  # where the stub's image ends
     name_len = len(model_name.encode())
     zip64_extra = 20 if model_size >= _MAX32 else 0
     data_at = _align_up(start + LOCAL_HEADER.size + name_len + zip64_extra + 6, MODEL_ALIGNMENT)
